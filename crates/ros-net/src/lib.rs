@@ -1,1 +1,15 @@
-//! placeholder
+//! ros networking. [`plan`] decides, purely, what each interface gets from the config and the
+//! links present; [`apply`] carries a plan out over netlink ([`netlink::Net`], a thin wrapper over
+//! rtnetlink); [`dhcp`] is a DHCPv4 client whose state machine is pure and whose driver runs it
+//! on a packet socket.
+
+pub mod apply;
+pub mod dhcp;
+pub mod netlink;
+pub mod plan;
+pub mod resolv;
+pub mod types;
+
+pub use netlink::{Net, NetError};
+pub use plan::{IfacePlan, Plan, plan};
+pub use types::{AddrInfo, LinkInfo, RouteInfo};
