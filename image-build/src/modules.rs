@@ -27,7 +27,7 @@ pub const IMAGE_MODULES: &[&str] = &[
     "overlay",
     "squashfs",
     "erofs",
-    "iso9660",
+    "isofs",
     "vfat",
     "nls_cp437",
     "nls_ascii",
@@ -89,6 +89,14 @@ pub fn select(modules_dir: &Path, release: &str, wanted: &[&str]) -> Result<Sele
         sel.files.insert(rel.clone(), path.clone());
     }
     sel.index.aliases.sort();
+    // `modules.builtin` lists `kernel/fs/ext4/ext4.ko` for what is built in.
+    if let Ok(text) = std::fs::read_to_string(modules_dir.join("modules.builtin")) {
+        sel.index.builtin = text
+            .lines()
+            .filter_map(|l| l.rsplit('/').next()?.strip_suffix(".ko"))
+            .map(ros_kmod::normalize)
+            .collect();
+    }
     sel.missing.sort();
     Ok(sel)
 }

@@ -8,6 +8,7 @@
 //! ros-modules 1 <kernel release>
 //! m <name> <path relative to the index> <dep,dep,...|->
 //! a <name> <alias glob>
+//! b <name>            (built into the kernel: nothing to load)
 //! ```
 
 mod glob;
@@ -35,6 +36,8 @@ pub struct Index {
     pub modules: BTreeMap<String, Module>,
     /// (module name, alias glob), in file order.
     pub aliases: Vec<(String, String)>,
+    /// Modules built into the kernel.
+    pub builtin: BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,6 +98,9 @@ impl Index {
                         },
                     );
                 }
+                (Some("b"), Some(name), None, None) => {
+                    index.builtin.insert(name.to_string());
+                }
                 (Some("a"), Some(name), Some(glob), rest) => {
                     // A glob may hold spaces (rare, but `modinfo` allows it).
                     let glob = match rest {
@@ -103,7 +109,12 @@ impl Index {
                     };
                     index.aliases.push((name.to_string(), glob));
                 }
-                _ => return Err(bad(n, "expected `m NAME PATH DEPS` or `a NAME GLOB`")),
+                _ => {
+                    return Err(bad(
+                        n,
+                        "expected `m NAME PATH DEPS`, `a NAME GLOB` or `b NAME`",
+                    ));
+                }
             }
         }
         Ok(index)
@@ -121,6 +132,9 @@ impl Index {
         }
         for (name, glob) in &self.aliases {
             out.push_str(&format!("a {name} {glob}\n"));
+        }
+        for name in &self.builtin {
+            out.push_str(&format!("b {name}\n"));
         }
         out
     }
@@ -157,7 +171,7 @@ impl Index {
         let mut errors = Vec::new();
         for name in wanted {
             let name = normalize(name);
-            if done.contains(name.as_str()) {
+            if done.contains(name.as_str()) || self.builtin.contains(&name) {
                 continue;
             }
             let mut path = Vec::new();
@@ -181,6 +195,9 @@ impl Index {
         done: &mut BTreeSet<&'a str>,
         order: &mut Vec<&'a Module>,
     ) -> Result<(), ResolveError> {
+        if self.builtin.contains(name) {
+            return Ok(());
+        }
         let Some(m) = self.modules.get(name) else {
             return Err(match path.last() {
                 Some(parent) => ResolveError::MissingDep {
@@ -225,7 +242,8 @@ mod tests {
             m lonely lonely.ko ghost\n\
             a virtio_net virtio:d00000001v*\n\
             a virtio_pci pci:v00001AF4d*sv*sd*bc*sc*i*\n\
-            a overlay fs-overlay\n";
+            a overlay fs-overlay\n\
+            b ext4\n";
         Index::parse(text).expect("parse")
     }
 
@@ -271,6 +289,14 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn builtin_modules_need_no_loading() {
+        let i = index();
+        let (order, errors) = i.load_order(["ext4"]);
+        assert!(order.is_empty());
+        assert!(errors.is_empty());
     }
 
     #[test]

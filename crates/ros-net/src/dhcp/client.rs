@@ -11,9 +11,9 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use ipnet::Ipv4Net;
 
+use super::msg::{BOOT_REPLY, Message, MessageType, code};
 use super::wire;
 
 const FIRST_DISCOVER_RETRY_MS: u64 = 1_000;
@@ -263,22 +263,19 @@ impl Client {
 
     /// A DHCP message arrived for this interface.
     pub fn on_message(&mut self, now: u64, msg: &Message) -> Vec<Action> {
-        if msg.opcode() != Opcode::BootReply
-            || msg.xid() != self.xid
-            || msg.chaddr().get(..6) != Some(&self.cfg.mac[..])
-        {
+        if msg.op != BOOT_REPLY || msg.xid != self.xid || msg.chaddr[..6] != self.cfg.mac {
             return Vec::new();
         }
-        let Some(kind) = msg.opts().msg_type() else {
+        let Some(kind) = msg.msg_type() else {
             return Vec::new();
         };
         match (self.state, kind) {
             (State::Selecting, MessageType::Offer) => {
                 let server = server_id(msg);
-                if msg.yiaddr().is_unspecified() || server.is_unspecified() {
+                if msg.yiaddr.is_unspecified() || server.is_unspecified() {
                     return Vec::new();
                 }
-                self.offer = Some((msg.yiaddr(), server));
+                self.offer = Some((msg.yiaddr, server));
                 self.state = State::Requesting;
                 self.attempt = 0;
                 self.send_select_request(now)
@@ -330,36 +327,19 @@ impl Client {
 }
 
 fn server_id(msg: &Message) -> Ipv4Addr {
-    match msg.opts().get(dhcproto::v4::OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(ip)) => *ip,
-        _ => msg.siaddr(),
-    }
+    msg.ip(code::SERVER_ID).unwrap_or(msg.siaddr)
 }
 
 fn lease_from_ack(msg: &Message, now: u64) -> Option<Lease> {
-    use dhcproto::v4::OptionCode as C;
-    let address = msg.yiaddr();
+    let address = msg.yiaddr;
     if address.is_unspecified() {
         return None;
     }
-    let opts = msg.opts();
-    let prefix = match opts.get(C::SubnetMask) {
-        Some(DhcpOption::SubnetMask(mask)) => {
-            u8::try_from(u32::from(*mask).leading_ones()).unwrap_or(24)
-        }
-        _ => 24,
-    };
-    let ips = |code| match opts.get(code) {
-        Some(DhcpOption::Router(v) | DhcpOption::DomainNameServer(v)) => v.clone(),
-        _ => Vec::new(),
-    };
-    let u32_opt = |code| match opts.get(code) {
-        Some(
-            DhcpOption::AddressLeaseTime(v) | DhcpOption::Renewal(v) | DhcpOption::Rebinding(v),
-        ) => Some(*v),
-        _ => None,
-    };
-    let lease_secs = u32_opt(C::AddressLeaseTime).unwrap_or(DEFAULT_LEASE_SECS);
+    let prefix = msg
+        .ip(code::SUBNET_MASK)
+        .and_then(|m| u8::try_from(u32::from(m).leading_ones()).ok())
+        .unwrap_or(24);
+    let lease_secs = msg.u32(code::LEASE_TIME).unwrap_or(DEFAULT_LEASE_SECS);
     let scaled = |num: u64, den: u64| {
         if lease_secs == u32::MAX {
             u32::MAX
@@ -367,41 +347,32 @@ fn lease_from_ack(msg: &Message, now: u64) -> Option<Lease> {
             u32::try_from(u64::from(lease_secs) * num / den).unwrap_or(u32::MAX)
         }
     };
-    let t2_secs = u32_opt(C::Rebinding)
+    let t2_secs = msg
+        .u32(code::REBINDING)
         .unwrap_or_else(|| scaled(7, 8))
         .min(lease_secs);
-    let t1_secs = u32_opt(C::Renewal)
+    let t1_secs = msg
+        .u32(code::RENEWAL)
         .unwrap_or_else(|| scaled(1, 2))
         .min(t2_secs);
-    let domain = match opts.get(C::DomainName) {
-        Some(DhcpOption::DomainName(d)) => Some(d.trim_end_matches('.').to_string()),
-        _ => None,
-    };
-    let search = match opts.get(C::DomainSearch) {
-        Some(DhcpOption::DomainSearch(names)) => names
-            .iter()
-            .map(|n| n.to_string().trim_end_matches('.').to_string())
-            .collect(),
-        _ => domain.iter().cloned().collect(),
-    };
-    let mtu = match opts.get(C::InterfaceMtu) {
-        Some(DhcpOption::InterfaceMtu(m)) if *m >= 68 => Some(*m),
-        _ => None,
-    };
-    let routes = match opts.get(C::ClasslessStaticRoute) {
-        Some(DhcpOption::ClasslessStaticRoute(r)) => r.clone(),
-        _ => Vec::new(),
-    };
+    let domain = msg
+        .string(code::DOMAIN_NAME)
+        .map(|d| d.trim_end_matches('.').to_string())
+        .filter(|d| !d.is_empty());
+    let mut search = msg.search();
+    if search.is_empty() {
+        search.extend(domain.clone());
+    }
     Some(Lease {
         address,
         prefix,
         server: server_id(msg),
-        routers: ips(C::Router),
-        dns: ips(C::DomainNameServer),
+        routers: msg.ips(code::ROUTER),
+        dns: msg.ips(code::DNS),
         domain,
         search,
-        mtu,
-        routes,
+        mtu: msg.u16(code::MTU).filter(|m| *m >= 68),
+        routes: msg.classless_routes(),
         lease_secs,
         t1_secs,
         t2_secs,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{Action, Client, ClientConfig, Dest, Lease, State};
+use super::msg::Message;
 use super::socket::{PacketSocket, udp_socket};
 use super::wire;
 use crate::apply;
@@ -75,6 +76,7 @@ pub async fn run(
         tokio::select! {
             got = recv(d.packet.as_ref(), d.udp.as_ref(), &mut buf) => {
                 if let Some(msg) = got {
+                    log::debug!("dhcp: {}: got {:?} xid {:#x}", d.link.name, msg.msg_type(), msg.xid);
                     actions = d.client.on_message(now(), &msg);
                 }
             }
@@ -106,12 +108,12 @@ async fn recv(
     packet: Option<&PacketSocket>,
     udp: Option<&tokio::net::UdpSocket>,
     buf: &mut [u8],
-) -> Option<dhcproto::v4::Message> {
+) -> Option<Message> {
     let (pbuf, ubuf) = buf.split_at_mut(1024);
     let from_packet = async {
         match packet {
             Some(p) => match p.recv(pbuf).await {
-                Ok(n) => wire::unframe(&pbuf[..n]).and_then(wire::decode),
+                Ok(n) => wire::unframe(&pbuf[..n]).and_then(Message::decode),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     None
@@ -123,7 +125,7 @@ async fn recv(
     let from_udp = async {
         match udp {
             Some(u) => match u.recv(ubuf).await {
-                Ok(n) => wire::decode(&ubuf[..n]),
+                Ok(n) => Message::decode(&ubuf[..n]),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     None
@@ -192,10 +194,11 @@ impl Driver {
     async fn perform(&mut self, action: Action) {
         match action {
             Action::Send(dest, msg) => {
-                let bytes = wire::encode(&msg);
-                let kind = msg.opts().msg_type();
-                if let Err(e) = self.send(&dest, &bytes).await {
-                    log::debug!("dhcp: {}: sending {kind:?}: {e}", self.link.name);
+                let bytes = msg.encode();
+                let kind = msg.msg_type();
+                match self.send(&dest, &bytes).await {
+                    Ok(()) => log::debug!("dhcp: {}: sent {kind:?} to {dest:?}", self.link.name),
+                    Err(e) => log::debug!("dhcp: {}: sending {kind:?}: {e}", self.link.name),
                 }
             }
             Action::Bind(lease) => {

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod driver;
+pub mod msg;
 pub mod socket;
 pub mod wire;
 

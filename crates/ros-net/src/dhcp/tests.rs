@@ -2,9 +2,8 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
-
 use super::client::{Action, Client, ClientConfig, Dest, Lease, State};
+use super::msg::{BOOT_REPLY, Message, MessageType, code};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -19,21 +18,15 @@ fn client() -> Client {
 }
 
 fn reply(c: &Client, kind: MessageType, yiaddr: Ipv4Addr, lease: Option<u32>) -> Message {
-    let mut m = Message::default();
-    m.set_opcode(Opcode::BootReply)
-        .set_xid(c.xid())
-        .set_chaddr(&MAC)
-        .set_yiaddr(yiaddr);
-    let o = m.opts_mut();
-    o.insert(DhcpOption::MessageType(kind));
-    o.insert(DhcpOption::ServerIdentifier(SERVER));
-    o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
-    o.insert(DhcpOption::Router(vec![SERVER]));
-    o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
-        10, 0, 2, 3,
-    )]));
+    let mut m = Message::request(kind, c.xid(), &MAC);
+    m.op = BOOT_REPLY;
+    m.yiaddr = yiaddr;
+    m.set(code::SERVER_ID, SERVER.octets().to_vec());
+    m.set(code::SUBNET_MASK, vec![255, 255, 255, 0]);
+    m.set(code::ROUTER, SERVER.octets().to_vec());
+    m.set(code::DNS, vec![10, 0, 2, 3]);
     if let Some(l) = lease {
-        o.insert(DhcpOption::AddressLeaseTime(l));
+        m.set(code::LEASE_TIME, l.to_be_bytes().to_vec());
     }
     m
 }
@@ -42,7 +35,7 @@ fn sent(actions: &[Action]) -> Vec<(Dest, MessageType)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send(d, m) => Some((d.clone(), m.opts().msg_type()?)),
+            Action::Send(d, m) => Some((d.clone(), m.msg_type()?)),
             _ => None,
         })
         .collect()
@@ -115,10 +108,10 @@ fn replies_for_other_transactions_or_machines_are_ignored() {
     let mut c = client();
     c.start(0);
     let mut other_xid = reply(&c, MessageType::Offer, ADDR, None);
-    other_xid.set_xid(c.xid().wrapping_add(1));
+    other_xid.xid = c.xid().wrapping_add(1);
     assert!(c.on_message(1, &other_xid).is_empty());
     let mut other_mac = reply(&c, MessageType::Offer, ADDR, None);
-    other_mac.set_chaddr(&[2, 0, 0, 0, 0, 1]);
+    other_mac.chaddr[0] = 2;
     assert!(c.on_message(1, &other_mac).is_empty());
     // An ACK while selecting is not an answer to anything asked.
     assert!(

@@ -1,50 +1,42 @@
-//! DHCP messages on the wire: what each kind carries, and the IPv4/UDP framing needed on a
-//! packet socket (before the interface has an address, the kernel's UDP stack cannot be used).
+//! The client's messages (what each kind carries) and the IPv4/UDP framing needed on a packet
+//! socket (before the interface has an address, the kernel's UDP stack cannot be used).
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 use super::client::ClientConfig;
+use super::msg::{Message, MessageType, code};
 
 pub const CLIENT_PORT: u16 = 68;
 pub const SERVER_PORT: u16 = 67;
 
 /// Options asked of the server.
-const WANTED: &[OptionCode] = &[
-    OptionCode::SubnetMask,
-    OptionCode::Router,
-    OptionCode::DomainNameServer,
-    OptionCode::DomainName,
-    OptionCode::InterfaceMtu,
-    OptionCode::AddressLeaseTime,
-    OptionCode::Renewal,
-    OptionCode::Rebinding,
-    OptionCode::DomainSearch,
-    OptionCode::ClasslessStaticRoute,
-    OptionCode::NtpServers,
+const WANTED: &[u8] = &[
+    code::SUBNET_MASK,
+    code::ROUTER,
+    code::DNS,
+    code::DOMAIN_NAME,
+    code::MTU,
+    code::LEASE_TIME,
+    code::RENEWAL,
+    code::REBINDING,
+    code::DOMAIN_SEARCH,
+    code::CLASSLESS_ROUTES,
+    code::NTP,
 ];
 
 fn base(cfg: &ClientConfig, xid: u32, secs: u16, kind: MessageType) -> Message {
-    let mut m = Message::default();
-    m.set_opcode(Opcode::BootRequest)
-        .set_htype(HType::Eth)
-        .set_xid(xid)
-        .set_secs(secs)
-        .set_flags(Flags::default())
-        .set_chaddr(&cfg.mac);
-    let opts = m.opts_mut();
-    opts.insert(DhcpOption::MessageType(kind));
+    let mut m = Message::request(kind, xid, &cfg.mac);
+    m.secs = secs;
     let mut client_id = vec![1u8];
     client_id.extend_from_slice(&cfg.mac);
-    opts.insert(DhcpOption::ClientIdentifier(client_id));
+    m.set(code::CLIENT_ID, client_id);
     if kind != MessageType::Release {
-        opts.insert(DhcpOption::ParameterRequestList(WANTED.to_vec()));
-        opts.insert(DhcpOption::MaxMessageSize(1500));
+        m.set(code::PARAMS, WANTED.to_vec());
+        m.set(code::MAX_SIZE, 1500u16.to_be_bytes().to_vec());
         if let Some(h) = &cfg.hostname {
-            opts.insert(DhcpOption::Hostname(h.clone()));
+            m.set(code::HOSTNAME, h.as_bytes().to_vec());
         }
     }
     m
@@ -63,36 +55,23 @@ pub fn request_selecting(
     server: Ipv4Addr,
 ) -> Message {
     let mut m = base(cfg, xid, secs, MessageType::Request);
-    m.opts_mut().insert(DhcpOption::RequestedIpAddress(addr));
-    m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    m.set(code::REQUESTED_IP, addr.octets().to_vec());
+    m.set(code::SERVER_ID, server.octets().to_vec());
     m
 }
 
 /// REQUEST while RENEWING or REBINDING: the address goes in `ciaddr`, no server is named.
 pub fn request_renewing(cfg: &ClientConfig, xid: u32, secs: u16, addr: Ipv4Addr) -> Message {
     let mut m = base(cfg, xid, secs, MessageType::Request);
-    m.set_ciaddr(addr);
+    m.ciaddr = addr;
     m
 }
 
 pub fn release(cfg: &ClientConfig, xid: u32, addr: Ipv4Addr, server: Ipv4Addr) -> Message {
     let mut m = base(cfg, xid, 0, MessageType::Release);
-    m.set_ciaddr(addr);
-    m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    m.ciaddr = addr;
+    m.set(code::SERVER_ID, server.octets().to_vec());
     m
-}
-
-pub fn encode(m: &Message) -> Vec<u8> {
-    let mut out = m.to_vec().unwrap_or_default();
-    // Some servers drop BOOTP messages shorter than 300 bytes.
-    if out.len() < dhcproto::v4::MIN_PACKET_SIZE {
-        out.resize(dhcproto::v4::MIN_PACKET_SIZE, 0);
-    }
-    out
-}
-
-pub fn decode(payload: &[u8]) -> Option<Message> {
-    Message::decode(&mut Decoder::new(payload)).ok()
 }
 
 /// An IPv4 + UDP datagram from `src`:68 to `dst`:67 around `payload`, checksums filled.
@@ -132,18 +111,15 @@ mod tests {
 
     #[test]
     fn discover_carries_what_servers_need() {
-        let m = discover(&cfg(), 0xabcd, 3);
-        let bytes = encode(&m);
+        let bytes = discover(&cfg(), 0xabcd, 3).encode();
         assert!(bytes.len() >= 300);
-        let back = decode(&bytes).expect("decode");
-        assert_eq!(back.xid(), 0xabcd);
-        assert_eq!(back.secs(), 3);
-        assert_eq!(back.opts().msg_type(), Some(MessageType::Discover));
-        assert_eq!(&back.chaddr()[..6], &cfg().mac);
-        assert!(
-            matches!(back.opts().get(OptionCode::Hostname), Some(DhcpOption::Hostname(h)) if h == "node1")
-        );
-        assert!(back.opts().get(OptionCode::ParameterRequestList).is_some());
+        let back = Message::decode(&bytes).expect("decode");
+        assert_eq!((back.xid, back.secs), (0xabcd, 3));
+        assert_eq!(back.msg_type(), Some(MessageType::Discover));
+        assert_eq!(&back.chaddr[..6], &cfg().mac);
+        assert_eq!(back.string(code::HOSTNAME).as_deref(), Some("node1"));
+        assert_eq!(back.get(code::PARAMS), Some(WANTED));
+        assert_eq!(back.get(code::CLIENT_ID).map(<[u8]>::len), Some(7));
     }
 
     #[test]
@@ -151,28 +127,24 @@ mod tests {
         let a = Ipv4Addr::new(10, 0, 2, 15);
         let s = Ipv4Addr::new(10, 0, 2, 2);
         let m = request_selecting(&cfg(), 1, 0, a, s);
-        assert!(
-            matches!(m.opts().get(OptionCode::RequestedIpAddress), Some(DhcpOption::RequestedIpAddress(x)) if *x == a)
-        );
-        assert!(
-            matches!(m.opts().get(OptionCode::ServerIdentifier), Some(DhcpOption::ServerIdentifier(x)) if *x == s)
-        );
-        assert!(m.ciaddr().is_unspecified());
+        assert_eq!(m.ip(code::REQUESTED_IP), Some(a));
+        assert_eq!(m.ip(code::SERVER_ID), Some(s));
+        assert!(m.ciaddr.is_unspecified());
         let r = request_renewing(&cfg(), 1, 0, a);
-        assert_eq!(r.ciaddr(), a);
-        assert!(r.opts().get(OptionCode::ServerIdentifier).is_none());
+        assert_eq!(r.ciaddr, a);
+        assert_eq!(r.get(code::SERVER_ID), None);
         let rel = release(&cfg(), 1, a, s);
-        assert_eq!(rel.opts().msg_type(), Some(MessageType::Release));
-        assert_eq!(rel.ciaddr(), a);
+        assert_eq!(rel.msg_type(), Some(MessageType::Release));
+        assert_eq!(rel.ciaddr, a);
+        assert_eq!(rel.ip(code::SERVER_ID), Some(s));
     }
 
     #[test]
     fn framing_round_trips_and_filters_ports() {
-        let payload = encode(&discover(&cfg(), 9, 0));
+        let payload = discover(&cfg(), 9, 0).encode();
         let f = frame(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &payload);
         // The client sends to port 67, so its own frame is not a reply.
         assert_eq!(unframe(&f), None);
-        // A server's reply: the same, ports swapped.
         let reply = PacketBuilder::ipv4([10, 0, 2, 2], [255; 4], 64).udp(SERVER_PORT, CLIENT_PORT);
         let mut buf = Vec::new();
         reply.write(&mut buf, &payload).expect("write");

@@ -1,0 +1,309 @@
+//! The boot, in order: (stage 1) move the root into a tmpfs and re-exec; (stage 2) the mount
+//! table, modules for the hardware, the config, config modules + hostname + sysctls, networking,
+//! the ready line; then the main loop (reaping, power requests, lease events) until shutdown.
+//! Each phase is timed on the uptime clock for the timeline. Nothing here returns or panics out:
+//! a failed step is logged and reported in the ready line, and the boot goes on.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+
+use futures::FutureExt;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::clock::uptime_ms;
+use crate::kmod::{Loader, Report};
+use crate::network::NetState;
+use crate::power::{self, Action};
+use crate::ready::{self, Phase, Ready};
+use crate::sys::RealSys;
+use crate::{logger, mounts, network, shutdown, sources, switch_root, system};
+
+/// The boot timeline.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub phases: Vec<Phase>,
+}
+
+impl Timeline {
+    pub fn phase<T>(&mut self, phase: &'static str, f: impl FnOnce() -> T) -> T {
+        let start_ms = uptime_ms();
+        let out = f();
+        self.phases.push(Phase {
+            phase,
+            start_ms,
+            end_ms: uptime_ms(),
+        });
+        log::debug!("phase {phase} took {} ms", uptime_ms() - start_ms);
+        out
+    }
+
+    pub async fn phase_async<T>(&mut self, phase: &'static str, f: impl Future<Output = T>) -> T {
+        let start_ms = uptime_ms();
+        let out = f.await;
+        self.phases.push(Phase {
+            phase,
+            start_ms,
+            end_ms: uptime_ms(),
+        });
+        out
+    }
+}
+
+/// The init's entry.
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        logger::console_write(&format!("ros: init: internal error: {info}\n"));
+    }));
+    if std::process::id() != 1 {
+        logger::console_write("init: this is ros's PID 1 and runs only as process 1\n");
+        std::process::exit(2);
+    }
+    logger::init(false, true);
+    let started = uptime_ms();
+    log::info!(
+        "ros {} init starting at {started} ms",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut errors = Vec::new();
+    let pivot_root = match switch_root::switch() {
+        Ok(()) => switch_root::pivot_root_works("/.ros-pivot-check"),
+        Err(e) => {
+            log::error!("switch root: {e}; containers will not be able to pivot_root");
+            errors.push(format!("switch root: {e}"));
+            false
+        }
+    };
+    if !pivot_root {
+        log::error!("switch root: pivot_root does not work from the root");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => {
+            let run = AssertUnwindSafe(boot(started, pivot_root, errors)).catch_unwind();
+            if rt.block_on(run).is_err() {
+                log::error!(
+                    "init: the boot task failed; serving only reaping and power signals now"
+                );
+            }
+        }
+        Err(e) => log::error!("init: cannot start the async runtime: {e}"),
+    }
+    fallback_loop()
+}
+
+/// The last resort if the async main loop is gone: reap, and honour TERM/INT.
+fn fallback_loop() -> ! {
+    use nix::sys::signal::{SigSet, Signal as S};
+    let mut set = SigSet::empty();
+    for s in [S::SIGCHLD, S::SIGTERM, S::SIGINT, S::SIGPWR] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    loop {
+        match set.wait() {
+            Ok(S::SIGTERM | S::SIGPWR) => last_resort_shutdown(Action::Poweroff),
+            Ok(S::SIGINT) => last_resort_shutdown(Action::Reboot),
+            _ => {
+                power::reap();
+            }
+        }
+    }
+}
+
+fn last_resort_shutdown(action: Action) -> ! {
+    use nix::sys::signal::{Signal as S, kill};
+    let all = nix::unistd::Pid::from_raw(-1);
+    let _ = kill(all, S::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _ = kill(all, S::SIGKILL);
+    power::reap();
+    nix::unistd::sync();
+    shutdown::finish(action)
+}
+
+fn signal_or_log(kind: SignalKind, name: &str) -> Option<Signal> {
+    signal(kind)
+        .map_err(|e| log::error!("init: cannot watch {name}: {e}"))
+        .ok()
+}
+
+async fn recv(s: &mut Option<Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The MAC of the first physical Ethernet NIC, read from sysfs (before netlink is up).
+fn first_nic_mac(sysfs: &Path) -> Option<ros_config::MacAddr> {
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    std::fs::read_dir(sysfs.join("class/net"))
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.path().join("device").exists() && read(e.path().join("type")).as_deref() == Some("1")
+        })
+        .filter_map(|e| {
+            let index: u32 = read(e.path().join("ifindex"))?.parse().ok()?;
+            let mac = read(e.path().join("address"))?.parse().ok()?;
+            Some((index, mac))
+        })
+        .min_by_key(|(i, _)| *i)
+        .map(|(_, m)| m)
+}
+
+async fn boot(started: u64, pivot_root: bool, mut errors: Vec<String>) -> ! {
+    let mut tl = Timeline::default();
+    tl.phases.push(Phase {
+        phase: "root",
+        start_ms: started,
+        end_ms: uptime_ms(),
+    });
+    // Ctrl-alt-del becomes SIGINT to the init instead of an immediate reboot.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+    let mut sigchld = signal_or_log(SignalKind::child(), "SIGCHLD");
+    let mut sigterm = signal_or_log(SignalKind::terminate(), "SIGTERM");
+    let mut sigint = signal_or_log(SignalKind::interrupt(), "SIGINT");
+    let mut sigpwr = signal_or_log(SignalKind::from_raw(libc::SIGPWR), "SIGPWR");
+
+    let sys = RealSys;
+    for e in tl.phase("mounts", || mounts::mount_all(&sys, Path::new("/"))) {
+        log::error!("mounts: {e}");
+        errors.push(format!("mounts: {e}"));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = ros_config::cmdline::split(&cmdline);
+    logger::set_debug(params.iter().any(|p| p.key == "ros.debug"));
+
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut loader = tl.phase("modules", || {
+        match Loader::open(Path::new("/lib/modules"), &kernel) {
+            Ok(mut l) => {
+                l.load_for_devices(&sys, Path::new("/sys"));
+                Some(l)
+            }
+            Err(e) => {
+                log::error!("modules: {e}");
+                errors.push(format!("modules: {e}"));
+                None
+            }
+        }
+    });
+
+    let gathered = tl.phase("config", || {
+        sources::gather(Path::new(sources::FW_CFG_USER_DATA), &cmdline)
+    });
+    for e in &gathered.read.errors {
+        log::error!("config: {e}");
+    }
+    let cfg = &gathered.read.data;
+
+    let hostname = tl.phase("system", || {
+        if let (Some(l), Some(m)) = (loader.as_mut(), &cfg.modules) {
+            let names: Vec<String> = m.iter().map(|m| m.as_str().to_string()).collect();
+            l.load(&sys, &names);
+        }
+        let hostname =
+            system::choose_hostname(cfg.hostname.as_ref(), first_nic_mac(Path::new("/sys")));
+        errors.extend(system::set_hostname(&sys, Path::new("/etc"), &hostname));
+        errors.extend(system::set_sysctls(
+            &sys,
+            Path::new("/proc/sys"),
+            &cfg.sysctl,
+        ));
+        log::info!("hostname {hostname}");
+        hostname
+    });
+
+    let (power_tx, mut power_rx) = mpsc::unbounded_channel();
+    tokio::spawn(power::watch_control_port(power_tx.clone()));
+    tokio::spawn(power::watch_power_button(power_tx));
+
+    let mut net: NetState = tl
+        .phase_async("network", async {
+            let mut st = network::start(&cfg.network, &hostname, "/etc/resolv.conf".into()).await;
+            st.wait_online(cfg.network.online_timeout()).await;
+            st
+        })
+        .await;
+    errors.extend(net.errors.drain(..));
+
+    let modules = loader.map(|l| l.report).unwrap_or_else(Report::default);
+    report_ready(
+        &mut tl, &mut net, &hostname, kernel, modules, gathered, errors, pivot_root,
+    )
+    .await;
+
+    loop {
+        tokio::select! {
+            () = recv(&mut sigchld) => {
+                for s in power::reap() {
+                    log::debug!("reaped {s:?}");
+                }
+            }
+            () = recv(&mut sigterm) => shutdown::shutdown(Action::Poweroff, "SIGTERM", &mut net).await,
+            () = recv(&mut sigint) => shutdown::shutdown(Action::Reboot, "SIGINT (ctrl-alt-del)", &mut net).await,
+            () = recv(&mut sigpwr) => shutdown::shutdown(Action::Poweroff, "SIGPWR", &mut net).await,
+            Some(req) = power_rx.recv() => shutdown::shutdown(req.action, &req.reason, &mut net).await,
+            Some(ev) = net.next_event() => net.handle(ev),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report_ready(
+    tl: &mut Timeline,
+    net: &mut NetState,
+    hostname: &str,
+    kernel: String,
+    modules: Report,
+    gathered: sources::Gathered,
+    errors: Vec<String>,
+    pivot_root: bool,
+) {
+    let ready_start = uptime_ms();
+    let (interfaces, routes) = ready::network_view(net).await;
+    let (ns, search) = net.dns();
+    tl.phases.push(Phase {
+        phase: "ready",
+        start_ms: ready_start,
+        end_ms: uptime_ms(),
+    });
+    let r = Ready {
+        version: ready::FORMAT_VERSION,
+        ros_version: env!("CARGO_PKG_VERSION"),
+        arch: std::env::consts::ARCH,
+        kernel,
+        hostname: hostname.to_string(),
+        uptime_ms: uptime_ms(),
+        timeline: std::mem::take(&mut tl.phases),
+        interfaces,
+        missing_interfaces: net.plan.missing.clone(),
+        routes,
+        dns: ready::Dns {
+            nameservers: ns.iter().map(ToString::to_string).collect(),
+            search,
+        },
+        modules,
+        config_sources: gathered.sources,
+        config_errors: gathered.read.errors,
+        errors,
+        init: ready::InitInfo {
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            rss_kib: ready::rss_kib(),
+            pivot_root,
+        },
+    };
+    logger::console_write(&ready::line(&r));
+}

@@ -1,0 +1,18 @@
+//! ros's init (PID 1). `boot` runs the phases in order; each phase's decisions live in a module
+//! of its own (mount table, module loading, config sources, hostname and sysctls, network) and
+//! reach the kernel through the [`sys::Sys`] seam, so they are unit-tested without root.
+//! `ARCHITECTURE.md` walks through the boot.
+
+pub mod boot;
+pub mod clock;
+pub mod kmod;
+pub mod logger;
+pub mod mounts;
+pub mod network;
+pub mod power;
+pub mod ready;
+pub mod shutdown;
+pub mod sources;
+pub mod switch_root;
+pub mod sys;
+pub mod system;

@@ -1,0 +1,274 @@
+//! The network phase: loopback up, the plan applied, a DHCP driver per DHCP interface, then a
+//! bounded wait for leases. Afterwards the main loop feeds lease events back here, which keeps
+//! `/etc/resolv.conf` current; at shutdown the leases are released.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ros_config::Network;
+use ros_net::dhcp::driver::{self, DhcpLink, Event, StopRequest};
+use ros_net::dhcp::{ClientConfig, Lease};
+use ros_net::{LinkInfo, Net, Plan};
+use tokio::sync::{mpsc, oneshot};
+
+/// The state of networking while the machine runs.
+#[derive(Debug)]
+pub struct NetState {
+    pub net: Option<Net>,
+    pub plan: Plan,
+    pub links: Vec<LinkInfo>,
+    pub leases: BTreeMap<u32, Lease>,
+    /// Why DHCP on an interface could not run, by interface index.
+    pub dhcp_errors: BTreeMap<u32, String>,
+    pub errors: Vec<String>,
+    events: mpsc::UnboundedReceiver<Event>,
+    stops: Vec<(String, mpsc::Sender<StopRequest>)>,
+    cfg_dns: (Option<Vec<IpAddr>>, Option<Vec<String>>),
+    resolv_conf: PathBuf,
+}
+
+impl NetState {
+    /// Interfaces that run DHCP.
+    fn dhcp_indexes(&self) -> Vec<u32> {
+        self.plan
+            .interfaces
+            .iter()
+            .filter(|i| i.dhcp4)
+            .map(|i| i.index)
+            .collect()
+    }
+
+    /// Whether every DHCP interface has a lease or has failed for good.
+    fn online(&self) -> bool {
+        self.dhcp_indexes()
+            .iter()
+            .all(|i| self.leases.contains_key(i))
+    }
+
+    /// The next lease event (pending forever when there are no drivers).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Bound { index, lease } => {
+                self.dhcp_errors.remove(&index);
+                self.leases.insert(index, lease);
+            }
+            Event::Unbound { index, .. } => {
+                self.leases.remove(&index);
+            }
+            Event::Failed { index, error } => {
+                self.dhcp_errors.insert(index, error);
+                return;
+            }
+        }
+        self.write_resolv_conf();
+    }
+
+    /// The DNS in effect: the config's, else what leases gave.
+    pub fn dns(&self) -> (Vec<IpAddr>, Vec<String>) {
+        let lease_ns: Vec<IpAddr> = self
+            .leases
+            .values()
+            .flat_map(|l| l.dns.iter().map(|a| IpAddr::V4(*a)))
+            .collect();
+        let lease_search: Vec<String> = self
+            .leases
+            .values()
+            .flat_map(|l| l.search.iter().cloned())
+            .collect();
+        ros_net::resolv::choose(
+            self.cfg_dns.0.as_deref(),
+            self.cfg_dns.1.as_deref(),
+            &lease_ns,
+            &lease_search,
+        )
+    }
+
+    fn write_resolv_conf(&mut self) {
+        let (ns, search) = self.dns();
+        let text = ros_net::resolv::render(&ns, &search);
+        let tmp = self.resolv_conf.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.resolv_conf))
+        {
+            self.errors
+                .push(format!("writing {}: {e}", self.resolv_conf.display()));
+        }
+    }
+
+    /// Waits until every DHCP interface is bound, or `timeout`.
+    pub async fn wait_online(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.online() {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(ev)) => self.handle(ev),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for i in self.dhcp_indexes() {
+            if !self.leases.contains_key(&i) {
+                let name = self.name_of(i);
+                let why = self
+                    .dhcp_errors
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| "no DHCP answer yet".into());
+                log::warn!(
+                    "network: {name}: no lease after {} ms ({why}); still trying",
+                    timeout.as_millis()
+                );
+            }
+        }
+    }
+
+    pub fn name_of(&self, index: u32) -> String {
+        self.links
+            .iter()
+            .find(|l| l.index == index)
+            .map_or_else(|| index.to_string(), |l| l.name.clone())
+    }
+
+    /// Re-reads the links (for the ready report).
+    pub async fn refresh_links(&mut self) {
+        if let Some(net) = &self.net
+            && let Ok(l) = net.links().await
+        {
+            self.links = l;
+        }
+    }
+
+    /// Releases every lease (DHCP RELEASE to the server) and stops the drivers, within `timeout`.
+    pub async fn release_all(&mut self, timeout: Duration) {
+        let mut acks = Vec::new();
+        for (name, stop) in self.stops.drain(..) {
+            let (tx, rx) = oneshot::channel();
+            if stop.send(tx).await.is_ok() {
+                acks.push((name, rx));
+            }
+        }
+        for (name, rx) in acks {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(())) => log::info!("network: {name}: DHCP stopped"),
+                _ => log::warn!("network: {name}: DHCP did not stop in time"),
+            }
+        }
+        while let Ok(ev) = self.events.try_recv() {
+            self.handle(ev);
+        }
+    }
+}
+
+/// Brings the network up as `cfg` says. Never fails: problems are kept in the state's errors.
+pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetState {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut st = NetState {
+        net: None,
+        plan: Plan::default(),
+        links: Vec::new(),
+        leases: BTreeMap::new(),
+        dhcp_errors: BTreeMap::new(),
+        errors: Vec::new(),
+        events: rx,
+        stops: Vec::new(),
+        cfg_dns: (
+            cfg.dns.nameservers.clone(),
+            cfg.dns
+                .search
+                .as_ref()
+                .map(|s| s.iter().map(ToString::to_string).collect()),
+        ),
+        resolv_conf,
+    };
+    let net = match Net::connect() {
+        Ok(n) => n,
+        Err(e) => {
+            st.errors.push(format!("network: {e}"));
+            return st;
+        }
+    };
+    st.links = match net.links().await {
+        Ok(l) => l,
+        Err(e) => {
+            st.errors.push(format!("network: {e}"));
+            Vec::new()
+        }
+    };
+    log::debug!("network: links listed at {} ms", crate::clock::uptime_ms());
+    if let Err(e) = ros_net::apply::loopback(&net, &st.links).await {
+        st.errors.push(format!("network: loopback: {e}"));
+    }
+    st.plan = ros_net::plan(cfg, &st.links);
+    for m in &st.plan.missing {
+        let msg = format!("network: interface `{}`: {}", m.label, m.reason);
+        log::warn!("{msg}");
+        st.errors.push(msg);
+    }
+    if let Some(f) = &st.plan.fallback {
+        log::warn!("network: {f}");
+        st.errors.push(format!("network: {f}"));
+    }
+    if st.plan.interfaces.is_empty() {
+        log::warn!("network: no Ethernet interface found");
+    }
+    for (label, e) in ros_net::apply::apply_static(&net, &st.plan).await {
+        let msg = format!("network: `{label}`: {e}");
+        log::warn!("{msg}");
+        st.errors.push(msg);
+    }
+    log::debug!(
+        "network: static config applied at {} ms",
+        crate::clock::uptime_ms()
+    );
+    for i in &st.plan.interfaces {
+        if !i.addresses.is_empty() {
+            let a: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
+            log::info!("network: {}: static {}", i.name, a.join(" "));
+        }
+        if !i.dhcp4 {
+            continue;
+        }
+        let Some(mac) = st
+            .links
+            .iter()
+            .find(|l| l.index == i.index)
+            .and_then(|l| l.mac)
+        else {
+            st.dhcp_errors.insert(i.index, "no MAC address".into());
+            continue;
+        };
+        let link = DhcpLink {
+            index: i.index,
+            name: i.name.clone(),
+            mac: mac.0,
+            mtu_fixed: i.mtu.is_some(),
+        };
+        let seed = u64::from(i.index) << 48
+            ^ u64::from_be_bytes([
+                0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5],
+            ])
+            ^ crate::clock::uptime_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let cfg = ClientConfig {
+            mac: mac.0,
+            hostname: Some(hostname.to_string()),
+            seed,
+        };
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        st.stops.push((i.name.clone(), stop_tx));
+        tokio::spawn(driver::run(
+            net.clone(),
+            link,
+            cfg,
+            crate::clock::uptime_ms,
+            tx.clone(),
+            stop_rx,
+        ));
+    }
+    st.net = Some(net);
+    st.write_resolv_conf();
+    st
+}

@@ -1,0 +1,176 @@
+//! The ready line: `ros: ready ` and one JSON object saying what the boot did. The format is
+//! documented in `docs/ready.md`; fields are only ever added.
+
+use serde::Serialize;
+
+use crate::kmod;
+use crate::network::NetState;
+use crate::sources::SourceStatus;
+
+pub const PREFIX: &str = "ros: ready ";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Phase {
+    pub phase: &'static str,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ready {
+    pub version: u32,
+    pub ros_version: &'static str,
+    pub arch: &'static str,
+    pub kernel: String,
+    pub hostname: String,
+    pub uptime_ms: u64,
+    pub timeline: Vec<Phase>,
+    pub interfaces: Vec<Interface>,
+    pub missing_interfaces: Vec<ros_net::plan::Missing>,
+    pub routes: Vec<Route>,
+    pub dns: Dns,
+    pub modules: kmod::Report,
+    pub config_sources: Vec<SourceStatus>,
+    pub config_errors: Vec<ros_config::ConfigError>,
+    pub errors: Vec<String>,
+    pub init: InitInfo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub carrier: bool,
+    /// The config key that configured it, `default` when ros chose it, none when unconfigured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// `loopback`, `unconfigured`, `static`, `dhcp` (has a lease), or `no_lease`.
+    pub state: &'static str,
+    pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<Dhcp>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dhcp {
+    pub address: String,
+    pub server: String,
+    pub lease_secs: u32,
+    pub acquired_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Route {
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    pub dev: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dns {
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitInfo {
+    pub pid: i32,
+    /// Resident memory of the init when ready.
+    pub rss_kib: u64,
+    /// Whether a new mount namespace can `pivot_root` from the root (checked at boot).
+    pub pivot_root: bool,
+}
+
+/// The interfaces and routes as the kernel has them now, labelled from the plan.
+pub async fn network_view(st: &mut NetState) -> (Vec<Interface>, Vec<Route>) {
+    st.refresh_links().await;
+    let (addrs, routes) = match &st.net {
+        Some(net) => (
+            net.addresses().await.unwrap_or_default(),
+            net.routes().await.unwrap_or_default(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let interfaces = st
+        .links
+        .iter()
+        .map(|l| {
+            let plan = st.plan.interfaces.iter().find(|p| p.index == l.index);
+            let lease = st.leases.get(&l.index);
+            let state = match (l.loopback, plan, lease) {
+                (true, _, _) => "loopback",
+                (_, None, _) => "unconfigured",
+                (_, Some(p), None) if p.dhcp4 => "no_lease",
+                (_, Some(_), None) => "static",
+                (_, Some(_), Some(_)) => "dhcp",
+            };
+            Interface {
+                name: l.name.clone(),
+                index: l.index,
+                mac: l.mac.map(|m| m.to_string()),
+                kind: l.kind.clone(),
+                mtu: l.mtu,
+                up: l.up,
+                carrier: l.carrier,
+                config: plan.map(|p| p.label.clone()),
+                state,
+                addresses: addrs
+                    .iter()
+                    .filter(|a| a.index == l.index)
+                    .map(|a| a.addr.to_string())
+                    .collect(),
+                dhcp: lease.map(|x| Dhcp {
+                    address: x.net().to_string(),
+                    server: x.server.to_string(),
+                    lease_secs: x.lease_secs,
+                    acquired_ms: x.acquired_ms,
+                }),
+            }
+        })
+        .collect();
+    let routes = routes
+        .iter()
+        .filter(|r| !r.to.addr().is_multicast() && !is_ipv6_link_local(r))
+        .map(|r| Route {
+            to: r.to.to_string(),
+            via: r.via.map(|v| v.to_string()),
+            dev: st.name_of(r.dev),
+            metric: r.metric,
+        })
+        .collect();
+    (interfaces, routes)
+}
+
+fn is_ipv6_link_local(r: &ros_net::RouteInfo) -> bool {
+    matches!(r.to, ipnet::IpNet::V6(n) if n.addr().segments()[0] == 0xfe80)
+}
+
+/// The init's resident memory, from /proc/self/status.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The ready line, newline-terminated.
+pub fn line(r: &Ready) -> String {
+    match serde_json::to_string(r) {
+        Ok(json) => format!("{PREFIX}{json}\n"),
+        Err(e) => format!("{PREFIX}{{\"version\":{FORMAT_VERSION},\"error\":\"{e}\"}}\n"),
+    }
+}

@@ -1,0 +1,110 @@
+//! The hostname (with `/etc/hostname` and `/etc/hosts`) and the sysctls.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ros_config::{Hostname, MacAddr, SysctlKey};
+
+use crate::sys::Sys;
+
+/// The hostname when the config sets none: `ros-` and the last three bytes of the first NIC's
+/// MAC (so a fleet booted from one image is told apart), or `ros`.
+pub fn default_hostname(mac: Option<MacAddr>) -> String {
+    match mac {
+        Some(MacAddr(m)) => format!("ros-{:02x}{:02x}{:02x}", m[3], m[4], m[5]),
+        None => "ros".to_string(),
+    }
+}
+
+/// Sets the hostname and writes the files that name it. Returns the errors.
+pub fn set_hostname(sys: &dyn Sys, etc: &Path, name: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = sys.sethostname(name) {
+        errors.push(format!("setting the hostname to {name}: {e}"));
+    }
+    let short = name.split('.').next().unwrap_or(name);
+    let hosts = if short == name {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
+        )
+    } else {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name} {short}\n"
+        )
+    };
+    for (file, data) in [("hostname", format!("{name}\n")), ("hosts", hosts)] {
+        if let Err(e) = sys.write(&etc.join(file), data.as_bytes()) {
+            errors.push(format!("writing /etc/{file}: {e}"));
+        }
+    }
+    errors
+}
+
+/// The hostname to use.
+pub fn choose_hostname(cfg: Option<&Hostname>, mac: Option<MacAddr>) -> String {
+    cfg.map_or_else(|| default_hostname(mac), |h| h.to_string())
+}
+
+/// Writes each sysctl under `proc_sys` (`/proc/sys`). Returns the errors.
+pub fn set_sysctls(
+    sys: &dyn Sys,
+    proc_sys: &Path,
+    sysctls: &BTreeMap<SysctlKey, String>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (k, v) in sysctls {
+        let path = proc_sys.join(k.proc_path());
+        if let Err(e) = sys.write(&path, format!("{v}\n").as_bytes()) {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                "no such sysctl in this kernel".to_string()
+            } else {
+                e.to_string()
+            };
+            errors.push(format!("sysctl {} = {v}: {why}", k.as_str()));
+        } else {
+            log::info!("sysctl {} = {v}", k.as_str());
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Recorder;
+
+    #[test]
+    fn default_hostname_from_mac() {
+        assert_eq!(
+            default_hostname(Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]))),
+            "ros-abcdef"
+        );
+        assert_eq!(default_hostname(None), "ros");
+    }
+
+    #[test]
+    fn hostname_sets_kernel_and_files() {
+        let r = Recorder::default();
+        assert!(set_hostname(&r, Path::new("/etc"), "node1.example").is_empty());
+        let calls = r.calls();
+        assert_eq!(calls[0], "sethostname node1.example");
+        assert_eq!(calls[1], "write /etc/hostname node1.example");
+        assert!(
+            calls[2].ends_with("127.0.1.1\tnode1.example node1"),
+            "{}",
+            calls[2]
+        );
+    }
+
+    #[test]
+    fn sysctls_write_proc_paths_and_report_failures() {
+        let r = Recorder::failing(&["write /proc/sys/vm"]);
+        let mut m = BTreeMap::new();
+        m.insert("net.ipv4.ip_forward".parse().expect("key"), "1".to_string());
+        m.insert("vm.swappiness".parse().expect("key"), "10".to_string());
+        let errors = set_sysctls(&r, Path::new("/proc/sys"), &m);
+        assert_eq!(r.calls()[0], "write /proc/sys/net/ipv4/ip_forward 1");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("sysctl vm.swappiness = 10"));
+    }
+}
