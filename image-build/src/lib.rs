@@ -108,6 +108,9 @@ pub struct Manifest {
     /// Compressed size of the same initramfs without the kernel modules.
     pub initramfs_without_modules_bytes: u64,
     pub initramfs_sha256: String,
+    /// A digest of everything the initramfs is made from; a build with the same inputs keeps
+    /// the initramfs as it is.
+    pub inputs_sha256: String,
 }
 
 /// The workspace this tool was built from.
@@ -137,7 +140,7 @@ pub fn progress(what: &str) {
     let _ = writeln!(err, "ros-image [{t:6.1}s] {what}");
 }
 
-/// Builds an image.
+/// Builds an image. An initramfs whose inputs did not change is kept as it is.
 pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let arch = opts.arch;
     progress(&format!(
@@ -177,17 +180,33 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
             missing.join(", ")
         ));
     }
-    progress(&format!("compressing the initramfs ({modules} modules)"));
-    let image = compress(&full.to_newc())?;
-    let without_modules = compress(&base.to_newc())?;
+    let cpio = full.to_newc();
+    let inputs_sha256 = hex(&Sha256::digest(&cpio));
 
     std::fs::create_dir_all(&opts.out)?;
     let vmlinuz = opts.out.join("vmlinuz");
     copy_if_changed(&kernel.vmlinuz, &vmlinuz)?;
-    let initramfs = opts.out.join(match opts.init {
-        InitKind::Ros => "initramfs.img",
-        InitKind::Null => "initramfs-null.img",
-    });
+    let (initramfs_name, manifest_name) = match opts.init {
+        InitKind::Ros => ("initramfs.img", "manifest.json"),
+        InitKind::Null => ("initramfs-null.img", "manifest-null.json"),
+    };
+    let initramfs = opts.out.join(initramfs_name);
+    let manifest_path = opts.out.join(manifest_name);
+    let current = std::fs::read(&manifest_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        .filter(|m| {
+            m.inputs_sha256 == inputs_sha256
+                && std::fs::read(&initramfs)
+                    .is_ok_and(|i| hex(&Sha256::digest(&i)) == m.initramfs_sha256)
+        });
+    if let Some(m) = current {
+        progress("the initramfs is up to date");
+        return Ok(m);
+    }
+    progress(&format!("compressing the initramfs ({modules} modules)"));
+    let image = compress(&cpio)?;
+    let without_modules = compress(&base.to_newc())?;
     write_if_changed(&initramfs, &image)?;
     let manifest = Manifest {
         arch,
@@ -202,11 +221,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         initramfs_bytes: image.len() as u64,
         initramfs_without_modules_bytes: without_modules.len() as u64,
         initramfs_sha256: hex(&Sha256::digest(&image)),
+        inputs_sha256,
     };
-    if opts.init == InitKind::Ros {
-        let json = serde_json::to_string_pretty(&manifest)?;
-        write_if_changed(&opts.out.join("manifest.json"), json.as_bytes())?;
-    }
+    let json = serde_json::to_string_pretty(&manifest)?;
+    write_if_changed(&manifest_path, json.as_bytes())?;
     progress(&format!(
         "done: initramfs {} KiB ({} KiB without modules), init {} KiB",
         manifest.initramfs_bytes / 1024,

@@ -65,24 +65,12 @@ pub fn main() -> ! {
         "ros {} init starting at {started} ms",
         env!("CARGO_PKG_VERSION")
     );
-    let mut errors = Vec::new();
-    let pivot_root = match switch_root::switch() {
-        Ok(()) => switch_root::pivot_root_works("/.ros-pivot-check"),
-        Err(e) => {
-            log::error!("switch root: {e}; containers will not be able to pivot_root");
-            errors.push(format!("switch root: {e}"));
-            false
-        }
-    };
-    if !pivot_root {
-        log::error!("switch root: pivot_root does not work from the root");
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     match rt {
         Ok(rt) => {
-            let run = AssertUnwindSafe(boot(started, pivot_root, errors)).catch_unwind();
+            let run = AssertUnwindSafe(boot(started)).catch_unwind();
             if rt.block_on(run).is_err() {
                 log::error!(
                     "init: the boot task failed; serving only reaping and power signals now"
@@ -161,10 +149,15 @@ fn first_nic_mac(sysfs: &Path) -> Option<ros_config::MacAddr> {
         .map(|(_, m)| m)
 }
 
-async fn boot(started: u64, pivot_root: bool, mut errors: Vec<String>) -> ! {
+/// Modules that devices ask for but that nothing before the ready line needs (the power
+/// button's, the control port's); loaded right after it.
+const AFTER_READY: &[&str] = &["button", "evdev", "virtio_console"];
+
+async fn boot(started: u64) -> ! {
+    let mut errors = Vec::new();
     let mut tl = Timeline::default();
     tl.phases.push(Phase {
-        phase: "root",
+        phase: "start",
         start_ms: started,
         end_ms: uptime_ms(),
     });
@@ -190,7 +183,21 @@ async fn boot(started: u64, pivot_root: bool, mut errors: Vec<String>) -> ! {
     let mut loader = tl.phase("modules", || {
         match Loader::open(Path::new("/lib/modules"), &kernel) {
             Ok(mut l) => {
-                l.load_for_devices(&sys, Path::new("/sys"));
+                l.hold(AFTER_READY);
+                // Subscribed before the scan, so no device added meanwhile is missed.
+                let uevents = crate::uevent::Uevents::open();
+                if let Err(e) = &uevents {
+                    log::warn!(
+                        "modules: no uevents ({e}); only the first scan's devices get drivers"
+                    );
+                }
+                let mut new_devices = || {
+                    uevents
+                        .as_ref()
+                        .map(|u| u.drain_modaliases())
+                        .unwrap_or_default()
+                };
+                l.load_for_devices(&sys, Path::new("/sys"), &mut new_devices);
                 Some(l)
             }
             Err(e) => {
@@ -226,10 +233,6 @@ async fn boot(started: u64, pivot_root: bool, mut errors: Vec<String>) -> ! {
         hostname
     });
 
-    let (power_tx, mut power_rx) = mpsc::unbounded_channel();
-    tokio::spawn(power::watch_control_port(power_tx.clone()));
-    tokio::spawn(power::watch_power_button(power_tx));
-
     let mut net: NetState = tl
         .phase_async("network", async {
             let mut st = network::start(&cfg.network, &hostname, "/etc/resolv.conf".into()).await;
@@ -239,11 +242,36 @@ async fn boot(started: u64, pivot_root: bool, mut errors: Vec<String>) -> ! {
         .await;
     errors.extend(net.errors.drain(..));
 
-    let modules = loader.map(|l| l.report).unwrap_or_else(Report::default);
+    let modules = loader
+        .as_ref()
+        .map(|l| l.report.clone())
+        .unwrap_or_else(Report::default);
     report_ready(
-        &mut tl, &mut net, &hostname, kernel, modules, gathered, errors, pivot_root,
+        &mut tl, &mut net, &hostname, kernel, modules, gathered, errors,
     )
     .await;
+
+    // After the ready line: what only later work needs.
+    if let Some(l) = loader.as_mut() {
+        l.load_held(&sys, Path::new("/sys"));
+    }
+    let tops: Vec<&str> = mounts::MOUNTS
+        .iter()
+        .map(|m| m.target)
+        .filter(|t| t.matches('/').count() == 1)
+        .collect();
+    match switch_root::switch(&tops) {
+        Err(e) => log::error!("root: {e}; containers cannot start"),
+        Ok(()) if switch_root::pivot_root_works("/.ros-pivot-check") => {
+            log::info!("root: pivot_root works")
+        }
+        Ok(()) => {
+            log::error!("root: pivot_root does not work from the root; containers cannot start")
+        }
+    }
+    let (power_tx, mut power_rx) = mpsc::unbounded_channel();
+    tokio::spawn(power::watch_control_port(power_tx.clone()));
+    tokio::spawn(power::watch_power_button(power_tx));
 
     loop {
         tokio::select! {
@@ -270,7 +298,6 @@ async fn report_ready(
     modules: Report,
     gathered: sources::Gathered,
     errors: Vec<String>,
-    pivot_root: bool,
 ) {
     let ready_start = uptime_ms();
     let (interfaces, routes) = ready::network_view(net).await;
@@ -302,7 +329,6 @@ async fn report_ready(
         init: ready::InitInfo {
             pid: i32::try_from(std::process::id()).unwrap_or(0),
             rss_kib: ready::rss_kib(),
-            pivot_root,
         },
     };
     logger::console_write(&ready::line(&r));

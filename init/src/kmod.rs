@@ -33,6 +33,8 @@ pub struct Loader {
     dir: PathBuf,
     /// Loaded or attempted, so nothing is tried twice.
     tried: BTreeSet<String>,
+    /// Not loaded for devices until asked.
+    held: BTreeSet<String>,
     pub report: Report,
 }
 
@@ -48,6 +50,7 @@ impl Loader {
             index,
             dir,
             tried: BTreeSet::new(),
+            held: BTreeSet::new(),
             report: Report::default(),
         })
     }
@@ -57,6 +60,7 @@ impl Loader {
             index,
             dir,
             tried: BTreeSet::new(),
+            held: BTreeSet::new(),
             report: Report::default(),
         }
     }
@@ -118,45 +122,94 @@ impl Loader {
         });
     }
 
-    /// Loads what the devices under `sysfs` ask for, until no new module is wanted.
-    pub fn load_for_devices(&mut self, sys: &dyn Sys, sysfs: &Path) {
+    /// Loads what the devices under `sysfs` ask for: one scan of sysfs, then the devices that
+    /// each round of loading reveals, from `new_devices` (the modaliases of devices added since
+    /// the last call), until no new module is wanted.
+    pub fn load_for_devices(
+        &mut self,
+        sys: &dyn Sys,
+        sysfs: &Path,
+        new_devices: &mut dyn FnMut() -> Vec<String>,
+    ) {
+        let t = crate::clock::uptime_ms();
+        let mut aliases: Vec<String> = modaliases(sysfs).into_iter().collect();
+        log::debug!(
+            "scanned {} device aliases in {} ms",
+            aliases.len(),
+            crate::clock::uptime_ms() - t
+        );
         for _ in 0..MAX_ROUNDS {
-            let t = crate::clock::uptime_ms();
-            let aliases = modaliases(sysfs);
-            log::debug!(
-                "scanned {} device aliases in {} ms",
-                aliases.len(),
-                crate::clock::uptime_ms() - t
-            );
-            let wanted: Vec<String> = aliases
-                .iter()
-                .flat_map(|a| self.index.matching(a))
-                .filter(|m| !self.tried.contains(*m))
-                .map(str::to_string)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let wanted: Vec<String> = self.wanted(&aliases);
             if wanted.is_empty() {
                 return;
             }
             log::debug!("devices ask for: {}", wanted.join(" "));
             self.load_resolved(sys, wanted);
+            aliases = new_devices();
         }
+    }
+
+    /// The modules `aliases` ask for that were not tried yet and are not held back.
+    fn wanted(&self, aliases: &[String]) -> Vec<String> {
+        aliases
+            .iter()
+            .flat_map(|a| self.index.matching(a))
+            .filter(|m| !self.tried.contains(*m) && !self.held.contains(*m))
+            .map(str::to_string)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Modules matched by devices but held back (see [`Loader::hold`]).
+    pub fn held_for(&self, sysfs: &Path) -> Vec<String> {
+        let aliases: Vec<String> = modaliases(sysfs).into_iter().collect();
+        aliases
+            .iter()
+            .flat_map(|a| self.index.matching(a))
+            .filter(|m| self.held.contains(*m) && !self.tried.contains(*m))
+            .map(str::to_string)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Holds these modules back from device-driven loading (loaded later with
+    /// [`Loader::load_held`]).
+    pub fn hold(&mut self, names: &[&str]) {
+        self.held.extend(names.iter().map(|n| n.to_string()));
+    }
+
+    /// Loads the held-back modules that devices ask for.
+    pub fn load_held(&mut self, sys: &dyn Sys, sysfs: &Path) {
+        let names = self.held_for(sysfs);
+        self.held.clear();
+        self.load_resolved(sys, names);
     }
 }
 
-/// The `modalias` of every device on every bus under `sysfs` (`/sys`).
+/// The `modalias` of every device on every bus under `sysfs` (`/sys`). Reads each file with one
+/// `open` and one `read` into a stack buffer: this runs at every boot, and under emulation each
+/// system call counts.
 pub fn modaliases(sysfs: &Path) -> BTreeSet<String> {
+    use std::io::Read;
     let mut out = BTreeSet::new();
     let Ok(buses) = std::fs::read_dir(sysfs.join("bus")) else {
         return out;
     };
+    let mut buf = [0u8; 512];
     for bus in buses.flatten() {
         let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
             continue;
         };
         for dev in devices.flatten() {
-            if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
+            let Ok(mut f) = std::fs::File::open(dev.path().join("modalias")) else {
+                continue;
+            };
+            let Ok(n) = f.read(&mut buf) else {
+                continue;
+            };
+            if let Ok(a) = std::str::from_utf8(&buf[..n]) {
                 let a = a.trim();
                 if !a.is_empty() {
                     out.insert(a.to_string());
@@ -240,7 +293,15 @@ mod tests {
             sysfs: tmp.path().to_path_buf(),
         };
         let mut l = Loader::from_index(index(), PathBuf::from("/lib/modules/r"));
-        l.load_for_devices(&sys, tmp.path());
+        let sysfs = tmp.path().to_path_buf();
+        let mut seen = modaliases(&sysfs);
+        let mut new_devices = || {
+            let now = modaliases(&sysfs);
+            let new: Vec<String> = now.difference(&seen).cloned().collect();
+            seen = now;
+            new
+        };
+        l.load_for_devices(&sys, tmp.path(), &mut new_devices);
         assert_eq!(
             sys.rec.calls(),
             [
@@ -250,6 +311,21 @@ mod tests {
             ]
         );
         assert_eq!(l.report.loaded, ["virtio", "virtio_pci", "virtio_net"]);
+    }
+
+    #[test]
+    fn held_modules_wait_until_asked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let pci = tmp.path().join("bus/pci/devices/0000:00:03.0");
+        std::fs::create_dir_all(&pci).expect("mkdir");
+        std::fs::write(pci.join("modalias"), "pci:v00001AF4d00001000\n").expect("write");
+        let rec = Recorder::default();
+        let mut l = Loader::from_index(index(), PathBuf::from("/lib/modules/r"));
+        l.hold(&["virtio_pci"]);
+        l.load_for_devices(&rec, tmp.path(), &mut Vec::new);
+        assert!(rec.calls().is_empty());
+        l.load_held(&rec, tmp.path());
+        assert_eq!(rec.calls().len(), 2, "{:?}", rec.calls());
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod sources;
 pub mod switch_root;
 pub mod sys;
 pub mod system;
+pub mod uevent;

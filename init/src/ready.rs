@@ -87,8 +87,6 @@ pub struct InitInfo {
     pub pid: i32,
     /// Resident memory of the init when ready.
     pub rss_kib: u64,
-    /// Whether a new mount namespace can `pivot_root` from the root (checked at boot).
-    pub pivot_root: bool,
 }
 
 /// The interfaces and routes as the kernel has them now, labelled from the plan.

@@ -37,11 +37,34 @@ const VIRTUAL_FS: &[&str] = &[
     "hugetlbfs",
 ];
 
-/// Whether any process but the init remains.
+/// Whether any user process but the init remains. (`kill(-1, 0)` cannot tell: it succeeds
+/// while kernel threads exist, and they always do.)
 fn others_alive() -> bool {
-    // kill(-1, 0) fails with ESRCH when there is no process to signal.
     reap();
-    kill(Pid::from_raw(-1), None).is_ok()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let pid: u32 = match e.file_name().to_string_lossy().parse() {
+            Ok(p) => p,
+            Err(_) => return false,
+        };
+        pid > 2
+            && std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| parent_pid(&s))
+                .is_some_and(|ppid| ppid != 2)
+    })
+}
+
+/// The parent pid in a `/proc/PID/stat` line (the field after the `)` that ends the name).
+pub fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 async fn stop_processes() {
@@ -128,6 +151,13 @@ pub fn finish(action: Action) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_pid_from_stat() {
+        assert_eq!(parent_pid("42 (sh) S 1 42 42 0"), Some(1));
+        assert_eq!(parent_pid("7 (a) b) c) S 2 0 0"), Some(2));
+        assert_eq!(parent_pid("garbage"), None);
+    }
 
     #[test]
     fn only_real_filesystems_innermost_first() {

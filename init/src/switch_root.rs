@@ -1,13 +1,14 @@
 //! Gets the root off the kernel's initial mount, because containers need `pivot_root` and the
 //! kernel refuses it while `/` is that mount (rootfs). rootfs is a tmpfs here (the kernel makes it
 //! one when booted without `root=`), so the files need not move: the same tmpfs is bind-mounted
-//! on a folder, that mount is moved onto `/`, and the init chroots into it. `/` is then an
-//! ordinary tmpfs mount, and `pivot_root` works from it; [`pivot_root_works`] checks exactly
-//! that on every boot.
+//! on a folder, the base mounts are moved into it, that mount is moved onto `/`, and the init
+//! chroots into it. `/` is then an ordinary tmpfs mount, and `pivot_root` works from it;
+//! [`pivot_root_works`] checks exactly that on every boot.
 //!
 //! This differs from `switch_root`, which copies the initramfs into a new tmpfs: measured under
 //! QEMU TCG, copying ros's 7 MB initramfs and re-executing the init took about 155 ms of a boot
-//! whose whole budget for the init is about 250 ms; the bind takes under 2 ms.
+//! whose whole budget for the init is about 250 ms. The switch is only needed by containers, so
+//! it runs right after the ready line.
 
 use std::path::Path;
 
@@ -17,8 +18,9 @@ use nix::sys::stat::Mode;
 /// Where the root is bind-mounted before it is moved onto `/`.
 pub const BIND_AT: &str = "/.ros-root";
 
-/// Moves `/` onto a non-initial mount of itself and chroots into it.
-pub fn switch() -> Result<(), String> {
+/// Moves `/` onto a non-initial mount of itself, with the mounts at `tops` (absolute paths of
+/// mounts directly under `/`; what is mounted under them comes along), and chroots into it.
+pub fn switch(tops: &[&str]) -> Result<(), String> {
     let at = Path::new(BIND_AT);
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     match nix::unistd::mkdir(at, Mode::from_bits_truncate(0o700)) {
@@ -29,6 +31,19 @@ pub fn switch() -> Result<(), String> {
         "bind-mounting / on itself",
         nix::mount::mount(Some("/"), at, None::<&str>, MsFlags::MS_BIND, None::<&str>),
     )?;
+    for top in tops {
+        let inside = at.join(top.trim_start_matches('/'));
+        step(
+            &format!("moving {top} into the new root"),
+            nix::mount::mount(
+                Some(*top),
+                &inside,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            ),
+        )?;
+    }
     step("entering the bind mount", nix::unistd::chdir(at))?;
     step(
         "moving the bind mount onto /",

@@ -141,15 +141,14 @@ async fn recv(
 }
 
 impl Driver {
-    /// Opens or closes sockets for the client's state: the packet socket only while there is no
-    /// address, the UDP socket only while there is one.
+    /// Opens the sockets the client's state needs: the packet socket until there is an address
+    /// (then kept, see the socket module), the UDP socket while there is one.
     fn sync_sockets(&mut self) {
         let has_address = matches!(
             self.client.state(),
             State::Bound | State::Renewing | State::Rebinding
         );
         if has_address {
-            self.packet = None;
             if self.udp.is_none() {
                 self.udp = self.open_udp();
             }

@@ -1,0 +1,183 @@
+//! `ros-bench boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
+//! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
+//! prints the medians: what ros's init costs from its start to the ready line (absolute, and as a
+//! share of the boot to ready), what it costs against the null init in all (its bigger initramfs
+//! included), the init's memory when ready, and the initramfs sizes.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ros_image::Arch;
+use ros_qemu::{BootConfig, Guest};
+
+#[derive(Parser)]
+#[command(name = "ros-bench", about = "ros benchmarks")]
+enum Cli {
+    /// Boot time and memory of ros's init against a null init.
+    Boot {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// vCPUs of the guests.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    null_init_start: Vec<f64>,
+    null_wall_exit: Vec<f64>,
+    ros_init_start: Vec<f64>,
+    ros_ready: Vec<f64>,
+    ros_span: Vec<f64>,
+    ros_wall_ready: Vec<f64>,
+    rss_kib: Vec<f64>,
+    /// Per run: (ready - init start) / ready.
+    ratio: Vec<f64>,
+    /// Per phase of the init's timeline: durations.
+    phases: Vec<(String, Vec<f64>)>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn null_run(cfg: &BootConfig, s: &mut Samples) -> Result<()> {
+    let mut g = Guest::spawn(cfg)?;
+    let line = g.wait_for("null-init: started uptime_ms=", Duration::from_secs(120))?;
+    let ms: f64 = line
+        .rsplit('=')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .context("no uptime in the null init's line")?;
+    g.wait_exit(Duration::from_secs(60))?;
+    s.null_init_start.push(ms);
+    s.null_wall_exit
+        .push(g.started().elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+fn ros_run(cfg: &BootConfig, s: &mut Samples) -> Result<()> {
+    let g = Guest::spawn(cfg)?;
+    let started: Instant = g.started();
+    let ready = g.wait_ready(Duration::from_secs(120))?;
+    let wall = started.elapsed().as_secs_f64() * 1000.0;
+    let init_start = ready["timeline"][0]["start_ms"]
+        .as_f64()
+        .context("no timeline")?;
+    let up = ready["uptime_ms"].as_f64().context("no uptime")?;
+    s.ros_init_start.push(init_start);
+    s.ros_ready.push(up);
+    s.ros_span.push(up - init_start);
+    s.ratio.push((up - init_start) / up);
+    s.ros_wall_ready.push(wall);
+    s.rss_kib
+        .push(ready["init"]["rss_kib"].as_f64().unwrap_or(f64::NAN));
+    for p in ready["timeline"].as_array().into_iter().flatten() {
+        let name = p["phase"].as_str().unwrap_or("?").to_string();
+        let d = p["end_ms"].as_f64().unwrap_or(0.0) - p["start_ms"].as_f64().unwrap_or(0.0);
+        match s.phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(d),
+            None => s.phases.push((name, vec![d])),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let Cli::Boot { arch, runs, cpus } = Cli::parse();
+    let image = ros_tests::image(arch)?;
+    ros_tests::null_image(arch)?;
+    let manifest: ros_image::Manifest =
+        serde_json::from_slice(&std::fs::read(image.join("manifest.json"))?)
+            .context("reading manifest.json")?;
+    let ros_cfg = BootConfig {
+        image: image.clone(),
+        cpus,
+        ..BootConfig::new(arch)
+    };
+    let null_cfg = BootConfig {
+        initramfs: Some(image.join("initramfs-null.img")),
+        ..ros_cfg.clone()
+    };
+    let mut s = Samples::default();
+    let mut err = std::io::stderr().lock();
+    for i in 0..runs {
+        null_run(&null_cfg, &mut s)?;
+        ros_run(&ros_cfg, &mut s)?;
+        let _ = writeln!(
+            err,
+            "run {}/{runs}: null init at {:.0} ms; ros init at {:.0} ms, ready at {:.0} ms",
+            i + 1,
+            s.null_init_start[i],
+            s.ros_init_start[i],
+            s.ros_ready[i]
+        );
+    }
+    if s.ros_ready.len() != runs {
+        bail!("some runs failed");
+    }
+    let (k0, k1, ready, span) = (
+        median(&s.null_init_start),
+        median(&s.ros_init_start),
+        median(&s.ros_ready),
+        median(&s.ros_span),
+    );
+    let added = ready - k0;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "boot benchmark: {arch}, QEMU TCG, {cpus} vCPU, {runs} runs each, medians (guest uptime, ms)"
+    )?;
+    writeln!(
+        out,
+        "  baseline: null init starts at        {k0:8.0} ms   (QEMU exits after {:.0} ms wall)",
+        median(&s.null_wall_exit)
+    )?;
+    writeln!(out, "  ros init starts at                   {k1:8.0} ms")?;
+    writeln!(
+        out,
+        "  ros ready at                         {ready:8.0} ms   ({:.0} ms wall from QEMU start)",
+        median(&s.ros_wall_ready)
+    )?;
+    writeln!(
+        out,
+        "  ros init, start to ready             {span:8.0} ms   = {:.1}% of the boot to ready (goal <= 10%; median of per-run ratios)",
+        100.0 * median(&s.ratio)
+    )?;
+    writeln!(
+        out,
+        "  ros ready - null init start          {added:8.0} ms   = {:.1}% (includes unpacking the bigger initramfs)",
+        100.0 * added / ready
+    )?;
+    let phases: Vec<String> = s
+        .phases
+        .iter()
+        .map(|(n, v)| format!("{n} {:.0}", median(v)))
+        .collect();
+    writeln!(out, "  phases (ms): {}", phases.join(", "))?;
+    writeln!(
+        out,
+        "  init RSS when ready                  {:8.0} KiB  (goal < 4096)",
+        median(&s.rss_kib)
+    )?;
+    writeln!(
+        out,
+        "  initramfs {} KiB, without modules {} KiB (goal < 4096), init binary {} KiB, {} modules",
+        manifest.initramfs_bytes / 1024,
+        manifest.initramfs_without_modules_bytes / 1024,
+        manifest.init_bytes / 1024,
+        manifest.modules
+    )?;
+    Ok(())
+}
