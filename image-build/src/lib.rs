@@ -285,7 +285,8 @@ pub fn cargo_build(arch: Arch, package: &str, bin: &str, quiet: bool) -> Result<
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root).args([
         "build",
-        "--release",
+        "--profile",
+        "image",
         "-p",
         package,
         "--bin",
@@ -309,8 +310,5 @@ pub fn cargo_build(arch: Arch, package: &str, bin: &str, quiet: bool) -> Result<
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target_dir
-        .join(arch.musl_target())
-        .join("release")
-        .join(bin))
+    Ok(target_dir.join(arch.musl_target()).join("image").join(bin))
 }

@@ -180,23 +180,21 @@ async fn boot(started: u64) -> ! {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Subscribed before the first scan, so no device added meanwhile is missed.
+    let uevents = crate::uevent::Uevents::open();
+    if let Err(e) = &uevents {
+        log::warn!("modules: no uevents ({e}); only the first scan's devices get drivers");
+    }
+    let mut new_devices = || {
+        uevents
+            .as_ref()
+            .map(|u| u.drain_modaliases())
+            .unwrap_or_default()
+    };
     let mut loader = tl.phase("modules", || {
         match Loader::open(Path::new("/lib/modules"), &kernel) {
             Ok(mut l) => {
                 l.hold(AFTER_READY);
-                // Subscribed before the scan, so no device added meanwhile is missed.
-                let uevents = crate::uevent::Uevents::open();
-                if let Err(e) = &uevents {
-                    log::warn!(
-                        "modules: no uevents ({e}); only the first scan's devices get drivers"
-                    );
-                }
-                let mut new_devices = || {
-                    uevents
-                        .as_ref()
-                        .map(|u| u.drain_modaliases())
-                        .unwrap_or_default()
-                };
                 l.load_for_devices(&sys, Path::new("/sys"), &mut new_devices);
                 Some(l)
             }
@@ -253,7 +251,7 @@ async fn boot(started: u64) -> ! {
 
     // After the ready line: what only later work needs.
     if let Some(l) = loader.as_mut() {
-        l.load_held(&sys, Path::new("/sys"));
+        l.load_held(&sys, Path::new("/sys"), &mut new_devices);
     }
     let tops: Vec<&str> = mounts::MOUNTS
         .iter()
@@ -322,6 +320,7 @@ async fn report_ready(
             nameservers: ns.iter().map(ToString::to_string).collect(),
             search,
         },
+        sysctl: system::read_back(Path::new("/proc/sys"), &gathered.read.data.sysctl),
         modules,
         config_sources: gathered.sources,
         config_errors: gathered.read.errors,

@@ -161,30 +161,22 @@ impl Loader {
             .collect()
     }
 
-    /// Modules matched by devices but held back (see [`Loader::hold`]).
-    pub fn held_for(&self, sysfs: &Path) -> Vec<String> {
-        let aliases: Vec<String> = modaliases(sysfs).into_iter().collect();
-        aliases
-            .iter()
-            .flat_map(|a| self.index.matching(a))
-            .filter(|m| self.held.contains(*m) && !self.tried.contains(*m))
-            .map(str::to_string)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    }
-
     /// Holds these modules back from device-driven loading (loaded later with
     /// [`Loader::load_held`]).
     pub fn hold(&mut self, names: &[&str]) {
         self.held.extend(names.iter().map(|n| n.to_string()));
     }
 
-    /// Loads the held-back modules that devices ask for.
-    pub fn load_held(&mut self, sys: &dyn Sys, sysfs: &Path) {
-        let names = self.held_for(sysfs);
+    /// Releases the held-back modules and loads what devices ask for now, in rounds as
+    /// [`Loader::load_for_devices`] does (a held module can reveal devices that want another).
+    pub fn load_held(
+        &mut self,
+        sys: &dyn Sys,
+        sysfs: &Path,
+        new_devices: &mut dyn FnMut() -> Vec<String>,
+    ) {
         self.held.clear();
-        self.load_resolved(sys, names);
+        self.load_for_devices(sys, sysfs, new_devices);
     }
 }
 
@@ -324,7 +316,7 @@ mod tests {
         l.hold(&["virtio_pci"]);
         l.load_for_devices(&rec, tmp.path(), &mut Vec::new);
         assert!(rec.calls().is_empty());
-        l.load_held(&rec, tmp.path());
+        l.load_held(&rec, tmp.path(), &mut Vec::new);
         assert_eq!(rec.calls().len(), 2, "{:?}", rec.calls());
     }
 

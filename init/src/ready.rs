@@ -30,6 +30,8 @@ pub struct Ready {
     pub missing_interfaces: Vec<ros_net::plan::Missing>,
     pub routes: Vec<Route>,
     pub dns: Dns,
+    /// The configured sysctls, read back from the kernel.
+    pub sysctl: std::collections::BTreeMap<String, String>,
     pub modules: kmod::Report,
     pub config_sources: Vec<SourceStatus>,
     pub config_errors: Vec<ros_config::ConfigError>,

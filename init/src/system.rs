@@ -68,6 +68,22 @@ pub fn set_sysctls(
     errors
 }
 
+/// The configured sysctls as the kernel has them now (read back), for the ready line.
+pub fn read_back(
+    proc_sys: &Path,
+    sysctls: &BTreeMap<SysctlKey, String>,
+) -> BTreeMap<String, String> {
+    sysctls
+        .keys()
+        .map(|k| {
+            let v = std::fs::read_to_string(proc_sys.join(k.proc_path()))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|e| format!("(unreadable: {e})"));
+            (k.as_str().to_string(), v)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,20 @@ use ros_image::Arch;
 /// The MAC of the first NIC (QEMU's usual default), so tests can match it.
 pub const FIRST_MAC: &str = "52:54:00:12:34:56";
 
-/// An extra NIC on its own QEMU user network.
+/// An extra NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     pub mac: String,
-    /// The user network's IPv4 range, e.g. `192.168.77.0/24`.
-    pub net: Option<String>,
+    pub net: NicNet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicNet {
+    /// Its own QEMU user network (with its DHCP server), on this IPv4 range when given, e.g.
+    /// `192.168.77.0/24`.
+    User(Option<String>),
+    /// A link with nothing behind it: no DHCP server, no peer.
+    Isolated,
 }
 
 #[derive(Debug, Clone)]
@@ -135,10 +143,11 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
     }
     for (i, nic) in cfg.extra_nics.iter().enumerate() {
         let id = format!("n{}", i + 1);
-        let mut netdev = format!("user,id={id}");
-        if let Some(net) = &nic.net {
-            netdev.push_str(&format!(",net={net}"));
-        }
+        let netdev = match &nic.net {
+            NicNet::User(None) => format!("user,id={id}"),
+            NicNet::User(Some(net)) => format!("user,id={id},net={net}"),
+            NicNet::Isolated => format!("hubport,id={id},hubid={}", 100 + i),
+        };
         a.extend([s("-netdev"), netdev]);
         a.extend([
             s("-device"),
@@ -204,7 +213,11 @@ mod tests {
         let mut cfg = BootConfig::new(Arch::Aarch64);
         cfg.extra_nics.push(Nic {
             mac: "52:54:00:12:34:57".into(),
-            net: Some("192.168.77.0/24".into()),
+            net: NicNet::User(Some("192.168.77.0/24".into())),
+        });
+        cfg.extra_nics.push(Nic {
+            mac: "52:54:00:12:34:58".into(),
+            net: NicNet::Isolated,
         });
         cfg.kernel_verbose = true;
         let a = args(&cfg, &sockets(), "stdio").join(" ");
@@ -214,6 +227,9 @@ mod tests {
         );
         assert!(a.contains("-append console=ttyAMA0 -"), "{a}");
         assert!(a.contains("-netdev user,id=n1,net=192.168.77.0/24 -device virtio-net-pci,netdev=n1,mac=52:54:00:12:34:57"));
+        assert!(a.contains(
+            "-netdev hubport,id=n2,hubid=101 -device virtio-net-pci,netdev=n2,mac=52:54:00:12:34:58"
+        ));
     }
 
     #[test]

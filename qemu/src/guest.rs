@@ -209,6 +209,19 @@ impl Guest {
 
     /// Runs one QMP command (e.g. `system_powerdown`) and returns its reply.
     pub fn qmp(&mut self, command: &str) -> Result<serde_json::Value> {
+        self.qmp_with(serde_json::json!({"execute": command}))
+    }
+
+    /// Presses keys together (QMP `send-key`), e.g. `["ctrl", "alt", "delete"]`.
+    pub fn qmp_send_keys(&mut self, keys: &[&str]) -> Result<serde_json::Value> {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({"type": "qcode", "data": k}))
+            .collect();
+        self.qmp_with(serde_json::json!({"execute": "send-key", "arguments": {"keys": keys}}))
+    }
+
+    fn qmp_with(&mut self, command: serde_json::Value) -> Result<serde_json::Value> {
         let path = self.sockets.qmp.clone();
         let stream = self.connect(&path, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -230,7 +243,7 @@ impl Guest {
             }
         };
         send(serde_json::json!({"execute": "qmp_capabilities"}))?;
-        send(serde_json::json!({"execute": command}))
+        send(command)
     }
 
     /// Waits for QEMU to exit.

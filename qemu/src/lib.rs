@@ -5,7 +5,7 @@
 pub mod cmdline;
 pub mod guest;
 
-pub use cmdline::{BootConfig, FIRST_MAC, Nic};
+pub use cmdline::{BootConfig, FIRST_MAC, Nic, NicNet};
 pub use guest::Guest;
 
 /// What the init prints before its ready JSON.

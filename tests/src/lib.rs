@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ros_image::{Arch, BuildOptions, InitKind};
+pub use ros_image::Arch;
+use ros_image::{BuildOptions, InitKind};
 use ros_qemu::{BootConfig, Guest};
-
-pub use ros_image::Arch as TestArch;
 
 /// How long a boot may take to the ready line under TCG on a busy 2-core machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);

@@ -72,7 +72,8 @@ fn key_on_line(text: &str, offset: usize) -> String {
     }
     match line.split_once('=') {
         Some((k, _)) => k.trim().trim_matches('"').to_string(),
-        None => String::new(),
+        // No `=`: TOML read the first word as a key that has no value.
+        None => line.split_whitespace().next().unwrap_or("").to_string(),
     }
 }
 
