@@ -125,7 +125,7 @@ fn write_entry(
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(&bytes[54..62], b"00000005");
         assert_eq!(&bytes[110..115], b"init\0");
         assert_eq!(&bytes[116..121], b"hello");
-        assert!(bytes.len() % 4 == 0);
+        assert!(bytes.len().is_multiple_of(4));
         assert!(bytes.windows(10).any(|w| w == b"TRAILER!!!"));
     }
 

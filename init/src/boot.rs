@@ -238,7 +238,7 @@ async fn boot(started: u64) -> ! {
             st
         })
         .await;
-    errors.extend(net.errors.drain(..));
+    errors.append(&mut net.errors);
 
     let modules = loader
         .as_ref()

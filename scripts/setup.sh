@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building, booting and testing ros needs on a fresh Debian 12 machine, and only
+# what is missing: QEMU for both arches (--no-install-recommends: a newer qemu-utils is
+# preinstalled on these machines and its recommends clash), dnsmasq and iproute2 for the DHCP
+# tests, cpio to cross-check the image writer, the musl targets, cargo-nextest. The kernel
+# packages are fetched by `ros-image build` into target/ros-cache.
+set -euo pipefail
+
+need=()
+for pair in qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm \
+            cpio:cpio dnsmasq:dnsmasq-base ip:iproute2 dpkg-deb:dpkg; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+installed=$(rustup target list --installed)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+
+cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
