@@ -253,6 +253,8 @@ async fn boot(started: u64) -> ! {
     if let Some(l) = loader.as_mut() {
         l.load_held(&sys, Path::new("/sys"), &mut new_devices);
     }
+    // No more rounds: close the socket rather than let unread events fill its buffer.
+    drop(uevents);
     let tops: Vec<&str> = mounts::MOUNTS
         .iter()
         .map(|m| m.target)

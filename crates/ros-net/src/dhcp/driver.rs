@@ -63,7 +63,8 @@ pub async fn run(
         udp: None,
     };
     let mut actions = d.client.start(now());
-    let mut buf = vec![0u8; 2048];
+    // Two halves, one per socket, each above the 1500-byte maximum message the client asks for.
+    let mut buf = vec![0u8; 4096];
     loop {
         for a in actions.drain(..) {
             d.perform(a).await;
@@ -109,7 +110,7 @@ async fn recv(
     udp: Option<&tokio::net::UdpSocket>,
     buf: &mut [u8],
 ) -> Option<Message> {
-    let (pbuf, ubuf) = buf.split_at_mut(1024);
+    let (pbuf, ubuf) = buf.split_at_mut(2048);
     let from_packet = async {
         match packet {
             Some(p) => match p.recv(pbuf).await {
