@@ -1,0 +1,260 @@
+//! cgroup v2: a container's group, its limits, and its removal. The root of the hierarchy is
+//! passed in (found from /proc/self/mountinfo in practice), so every file this writes can be
+//! checked on a temporary folder in tests.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Resources;
+use crate::error::{Error, Result};
+
+/// The controllers ros enables down to each container's group, when the parent has them.
+pub const CONTROLLERS: &[&str] = &["cpu", "io", "memory", "pids"];
+
+/// The cgroup2 mount point in a `/proc/self/mountinfo` (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a host with hybrid cgroups).
+pub fn find_root(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// This machine's cgroup2 root.
+pub fn system_root() -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Cgroup {
+        path: "/proc/self/mountinfo".into(),
+        what: "reading".into(),
+        source: e,
+    })?;
+    find_root(&mi).ok_or_else(|| Error::Config("no cgroup2 filesystem is mounted".into()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+fn err(path: &Path, what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.display().to_string();
+    let what = what.into();
+    move |source| Error::Cgroup { path, what, source }
+}
+
+impl Cgroup {
+    /// Creates `root/rel` (and the groups above it), enabling the controllers for the groups
+    /// below each level where the level above has them.
+    pub fn create(root: &Path, rel: &Path) -> Result<Cgroup> {
+        let mut dir = root.to_path_buf();
+        for part in rel.components() {
+            let wanted: Vec<String> = std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter(|c| CONTROLLERS.contains(c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !wanted.is_empty() {
+                let enabled =
+                    std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                let missing: Vec<&String> = wanted
+                    .iter()
+                    .filter(|w| !enabled.split_whitespace().any(|e| e == &w[1..]))
+                    .collect();
+                if !missing.is_empty() {
+                    let line: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+                    std::fs::write(dir.join("cgroup.subtree_control"), line.join(" "))
+                        .map_err(err(&dir, "enabling controllers"))?;
+                }
+            }
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(&dir, "creating")(e)),
+            }
+        }
+        Ok(Cgroup { path: dir })
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<()> {
+        std::fs::write(self.path.join(file), value)
+            .map_err(err(&self.path, format!("writing {value:?} to {file}")))
+    }
+
+    /// Writes the limits.
+    pub fn apply(&self, r: &Resources) -> Result<()> {
+        if let Some(m) = r.memory_max {
+            self.write("memory.max", &limit(m))?;
+        }
+        if let Some(s) = r.memory_swap_max {
+            self.write("memory.swap.max", &limit(s))?;
+        }
+        if let Some(p) = r.pids_max {
+            self.write("pids.max", &limit(p))?;
+        }
+        if let Some((quota, period)) = r.cpu_max {
+            let q = if quota < 0 {
+                "max".to_string()
+            } else {
+                quota.to_string()
+            };
+            self.write("cpu.max", &format!("{q} {period}"))?;
+        }
+        if let Some(w) = r.cpu_weight {
+            self.write("cpu.weight", &w.to_string())?;
+        }
+        if let Some(w) = r.io_weight {
+            self.write("io.weight", &format!("default {w}"))?;
+        }
+        for (file, value) in &r.unified {
+            if file.contains('/') || file.starts_with('.') {
+                return Err(Error::Config(format!(
+                    "cgroup file `{file}` is not a plain file name"
+                )));
+            }
+            self.write(file, value)?;
+        }
+        Ok(())
+    }
+
+    /// The group's folder, opened for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn open(&self) -> Result<OwnedFd> {
+        let f = std::fs::File::open(&self.path).map_err(err(&self.path, "opening"))?;
+        Ok(OwnedFd::from(f))
+    }
+
+    /// Moves a process into the group.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// The processes in the group.
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// How many times the kernel's OOM killer struck in the group.
+    pub fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.path.join("memory.events"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Kills what is left in the group and removes it, waiting up to `timeout` for the kernel
+    /// to let go of exiting processes.
+    pub fn remove(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut killed = false;
+        loop {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(err(&self.path, "removing")(e)),
+                Err(_) => {
+                    if !killed {
+                        // cgroup.kill (Linux 5.14) kills everything inside at once.
+                        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+                        killed = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
+fn limit(v: i64) -> String {
+    if v < 0 {
+        "max".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            find_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "25 1 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_root("1 0 0:1 / / rw - tmpfs rootfs rw\n"), None);
+    }
+
+    #[test]
+    fn creates_the_path_enabling_controllers_and_writes_limits() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path();
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids\n",
+        )
+        .expect("w");
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu\n").expect("w");
+        let cg = Cgroup::create(root, Path::new("ros/c1")).expect("create");
+        assert_eq!(cg.path, root.join("ros/c1"));
+        // Only what was missing is asked for.
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).expect("r"),
+            "+io +memory +pids"
+        );
+        cg.apply(&Resources {
+            memory_max: Some(64 << 20),
+            pids_max: Some(32),
+            cpu_max: Some((50_000, 100_000)),
+            cpu_weight: Some(39),
+            io_weight: Some(100),
+            unified: vec![("memory.high".into(), "max".into())],
+            ..Resources::default()
+        })
+        .expect("apply");
+        let read = |f: &str| std::fs::read_to_string(cg.path.join(f)).expect("read");
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("pids.max"), "32");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("cpu.weight"), "39");
+        assert_eq!(read("io.weight"), "default 100");
+        assert_eq!(read("memory.high"), "max");
+        let bad = Resources {
+            unified: vec![("../escape".into(), "1".into())],
+            ..Resources::default()
+        };
+        assert!(cg.apply(&bad).is_err());
+    }
+
+    #[test]
+    fn reads_oom_kills_and_removes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cg = Cgroup {
+            path: tmp.path().join("g"),
+        };
+        std::fs::create_dir(&cg.path).expect("mkdir");
+        std::fs::write(
+            cg.path.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .expect("w");
+        assert_eq!(cg.oom_kills(), 2);
+        std::fs::remove_file(cg.path.join("memory.events")).expect("rm");
+        cg.remove(Duration::from_millis(50)).expect("remove");
+        assert!(!cg.path.exists());
+        cg.remove(Duration::from_millis(50))
+            .expect("removing twice is fine");
+    }
+}

@@ -1,0 +1,701 @@
+//! What to run, as the runtime needs it: built from an OCI runtime spec (a bundle's
+//! `config.json`) or directly by the supervisor. Checked when built, so the setup code runs only
+//! on a config that makes sense. Pure.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+use crate::mounts::{MountSpec, parse_options};
+use crate::seccomp::{Profile, SeccompConfig};
+
+/// The bundle annotation that asks for an overlay root (`"true"`).
+pub const OVERLAY_ANNOTATION: &str = "org.ros.rootfs.overlay";
+
+/// How a container gets a namespace of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NsMode {
+    /// A new one.
+    New,
+    /// The host's (the runtime's own).
+    Host,
+    /// An existing one, joined through its `/proc/PID/ns/*` or bind-mounted file.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespaces {
+    pub mount: NsMode,
+    pub pid: NsMode,
+    pub uts: NsMode,
+    pub ipc: NsMode,
+    pub net: NsMode,
+    pub user: NsMode,
+    pub cgroup: NsMode,
+}
+
+impl Namespaces {
+    /// Every namespace new but the user namespace (the default for ros services).
+    pub fn isolated() -> Self {
+        Namespaces {
+            mount: NsMode::New,
+            pid: NsMode::New,
+            uts: NsMode::New,
+            ipc: NsMode::New,
+            net: NsMode::New,
+            user: NsMode::Host,
+            cgroup: NsMode::New,
+        }
+    }
+}
+
+/// The container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// A folder used as is (an OCI bundle's `rootfs/`).
+    Dir(PathBuf),
+    /// An overlay: read-only `lower` layers (topmost first) under a writable layer, kept in
+    /// `upper` (a folder that persists) or, when none, in a tmpfs that lives as long as the
+    /// container.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: Option<PathBuf>,
+    },
+}
+
+/// A capability set: none means keep every capability (privileged).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub bounding: Vec<caps::Capability>,
+    pub effective: Vec<caps::Capability>,
+    pub permitted: Vec<caps::Capability>,
+    pub inheritable: Vec<caps::Capability>,
+    pub ambient: Vec<caps::Capability>,
+}
+
+/// The process run in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// `None`: keep all capabilities.
+    pub capabilities: Option<Capabilities>,
+    /// (resource, soft, hard)
+    pub rlimits: Vec<(libc::c_int, u64, u64)>,
+    pub no_new_privileges: bool,
+}
+
+/// cgroup v2 limits; none means no limit set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub memory_max: Option<i64>,
+    pub memory_swap_max: Option<i64>,
+    pub pids_max: Option<i64>,
+    /// (quota, period) in microseconds; a negative quota means no limit.
+    pub cpu_max: Option<(i64, u64)>,
+    pub cpu_weight: Option<u64>,
+    pub io_weight: Option<u64>,
+    /// Files of the cgroup written as given (OCI `unified`).
+    pub unified: Vec<(String, String)>,
+}
+
+/// A device node made in the container's `/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub path: String,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+}
+
+/// The devices every container gets, as OCI runtimes give them.
+pub fn default_devices() -> Vec<Device> {
+    let d = |path: &str, major, minor| Device {
+        path: path.into(),
+        major,
+        minor,
+        mode: 0o666,
+    };
+    vec![
+        d("/dev/null", 1, 3),
+        d("/dev/zero", 1, 5),
+        d("/dev/full", 1, 7),
+        d("/dev/random", 1, 8),
+        d("/dev/urandom", 1, 9),
+        d("/dev/tty", 5, 0),
+    ]
+}
+
+/// Paths hidden from containers, as runc and Docker hide them.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths read-only in containers.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The capabilities of a container that asks for none in particular (Docker's default set).
+pub const DEFAULT_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+impl Capabilities {
+    /// The same list in every set but ambient (what a root process of the container holds).
+    pub fn all_of(list: &[caps::Capability]) -> Capabilities {
+        Capabilities {
+            bounding: list.to_vec(),
+            effective: list.to_vec(),
+            permitted: list.to_vec(),
+            inheritable: list.to_vec(),
+            ambient: Vec::new(),
+        }
+    }
+}
+
+/// A uid or gid mapping for a user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub id: String,
+    pub rootfs: Rootfs,
+    pub readonly_root: bool,
+    pub namespaces: Namespaces,
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+    pub hostname: Option<String>,
+    /// In order; destinations are absolute paths in the container.
+    pub mounts: Vec<MountSpec>,
+    pub devices: Vec<Device>,
+    pub process: Process,
+    /// cgroup path relative to the cgroup v2 root, e.g. `ros/console`.
+    pub cgroup_path: PathBuf,
+    pub resources: Resources,
+    pub seccomp: SeccompConfig,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// sysctls written in the container's namespaces.
+    pub sysctl: Vec<(String, String)>,
+}
+
+/// The mounts every container gets (runc's defaults): `/proc`, `/dev` and what goes in it,
+/// `/sys` read-only, and the cgroup filesystem read-only.
+pub fn default_mounts() -> Vec<MountSpec> {
+    let m = |dest: &str, fstype: &str, source: &str, opts: &[&str]| {
+        let opts: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+        let (flags, propagation, data) = parse_options(fstype, &opts);
+        MountSpec {
+            destination: dest.into(),
+            fstype: fstype.into(),
+            source: source.into(),
+            flags,
+            propagation,
+            data,
+        }
+    };
+    vec![
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        m(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        m(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        m(
+            "/sys/fs/cgroup",
+            "cgroup2",
+            "cgroup2",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ]
+}
+
+fn id_ok(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "container id `{id}`: use 1-128 letters, digits, `-`, `_`, `.`"
+        )))
+    }
+}
+
+impl Config {
+    /// Checks what the setup relies on.
+    pub fn validate(&self) -> Result<()> {
+        id_ok(&self.id)?;
+        if self.namespaces.mount != NsMode::New {
+            return Err(Error::Config(
+                "a container needs a new mount namespace".into(),
+            ));
+        }
+        if self.process.args.is_empty() {
+            return Err(Error::Config(
+                "process.args is empty: nothing to run".into(),
+            ));
+        }
+        if !self.process.cwd.starts_with('/') {
+            return Err(Error::Config(format!(
+                "process.cwd `{}` is not absolute",
+                self.process.cwd
+            )));
+        }
+        for m in &self.mounts {
+            if !m.destination.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "mount destination `{}` is not absolute",
+                    m.destination
+                )));
+            }
+        }
+        if self.hostname.is_some() && self.namespaces.uts == NsMode::Host {
+            return Err(Error::Config("a hostname needs a new UTS namespace".into()));
+        }
+        if self.namespaces.user == NsMode::New
+            && (self.uid_map.is_empty() || self.gid_map.is_empty())
+        {
+            return Err(Error::Config(
+                "a new user namespace needs uid and gid mappings".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the config of an OCI bundle (`config.json` + its root folder).
+    pub fn from_bundle(id: &str, bundle: &Path) -> Result<Config> {
+        let spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| Error::Bundle(format!("{}: {e}", bundle.join("config.json").display())))?;
+        Config::from_spec(id, bundle, &spec)
+    }
+
+    /// Builds the config of an OCI spec whose relative paths are relative to `bundle`.
+    pub fn from_spec(id: &str, bundle: &Path, spec: &Spec) -> Result<Config> {
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| Error::Bundle("no root".into()))?;
+        let root_path = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            bundle.join(root.path())
+        };
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Error::Bundle("no process".into()))?;
+        let linux = spec.linux().clone().unwrap_or_default();
+
+        let mut ns = Namespaces {
+            mount: NsMode::Host,
+            pid: NsMode::Host,
+            uts: NsMode::Host,
+            ipc: NsMode::Host,
+            net: NsMode::Host,
+            user: NsMode::Host,
+            cgroup: NsMode::Host,
+        };
+        for n in linux.namespaces().iter().flatten() {
+            let mode = match n.path() {
+                Some(p) => NsMode::Path(p.clone()),
+                None => NsMode::New,
+            };
+            match n.typ() {
+                LinuxNamespaceType::Mount => ns.mount = mode,
+                LinuxNamespaceType::Pid => ns.pid = mode,
+                LinuxNamespaceType::Uts => ns.uts = mode,
+                LinuxNamespaceType::Ipc => ns.ipc = mode,
+                LinuxNamespaceType::Network => ns.net = mode,
+                LinuxNamespaceType::User => ns.user = mode,
+                LinuxNamespaceType::Cgroup => ns.cgroup = mode,
+                LinuxNamespaceType::Time => {
+                    return Err(Error::Config("time namespaces are not supported".into()));
+                }
+            }
+        }
+
+        let mounts = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| {
+                let fstype = m.typ().clone().unwrap_or_else(|| "none".into());
+                let (flags, propagation, data) =
+                    parse_options(&fstype, m.options().as_deref().unwrap_or(&[]));
+                let source = m
+                    .source()
+                    .as_ref()
+                    .map(|s| {
+                        // A relative bind source is relative to the bundle.
+                        if flags.contains(nix::mount::MsFlags::MS_BIND) && s.is_relative() {
+                            bundle.join(s).display().to_string()
+                        } else {
+                            s.display().to_string()
+                        }
+                    })
+                    .unwrap_or_else(|| fstype.clone());
+                MountSpec {
+                    destination: m.destination().display().to_string(),
+                    fstype,
+                    source,
+                    flags,
+                    propagation,
+                    data,
+                }
+            })
+            .collect();
+
+        let capabilities = process.capabilities().as_ref().map(|c| {
+            let conv = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<caps::Capability> {
+                // oci-spec displays `CAP_KILL` as `KILL`.
+                let mut v: Vec<caps::Capability> = set
+                    .iter()
+                    .flatten()
+                    .filter_map(|cap| format!("CAP_{cap}").parse::<caps::Capability>().ok())
+                    .collect();
+                v.sort_unstable_by_key(|c| c.index());
+                v
+            };
+            Capabilities {
+                bounding: conv(c.bounding()),
+                effective: conv(c.effective()),
+                permitted: conv(c.permitted()),
+                inheritable: conv(c.inheritable()),
+                ambient: conv(c.ambient()),
+            }
+        });
+
+        let rlimits = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                let res = rlimit_resource(&format!("{:?}", r.typ()))
+                    .ok_or_else(|| Error::Config(format!("unknown rlimit {:?}", r.typ())))?;
+                Ok((res, r.soft(), r.hard()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let user = process.user();
+        let res = linux.resources().clone().unwrap_or_default();
+        let resources = Resources {
+            memory_max: res.memory().as_ref().and_then(|m| m.limit()),
+            memory_swap_max: res
+                .memory()
+                .as_ref()
+                .and_then(|m| m.swap())
+                .and_then(|swap| {
+                    // OCI's swap is memory+swap; cgroup v2's memory.swap.max is swap alone.
+                    let mem = res.memory().as_ref().and_then(|m| m.limit())?;
+                    (swap >= mem).then_some(swap - mem)
+                }),
+            pids_max: res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0),
+            cpu_max: res
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.quota().map(|q| (q, c.period().unwrap_or(100_000)))),
+            cpu_weight: res
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.shares())
+                .map(shares_to_weight),
+            io_weight: res
+                .block_io()
+                .as_ref()
+                .and_then(|b| b.weight())
+                .map(|w| blkio_to_io_weight(u64::from(w))),
+            unified: res
+                .unified()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
+            m.iter()
+                .flatten()
+                .map(|x| IdMap {
+                    container: x.container_id(),
+                    host: x.host_id(),
+                    size: x.size(),
+                })
+                .collect()
+        };
+        let mut devices = default_devices();
+        for d in linux.devices().iter().flatten() {
+            let path = d.path().display().to_string();
+            devices.retain(|x| x.path != path);
+            devices.push(Device {
+                path,
+                major: u64::try_from(d.major()).unwrap_or(0),
+                minor: u64::try_from(d.minor()).unwrap_or(0),
+                mode: d.file_mode().unwrap_or(0o666),
+            });
+        }
+        let seccomp = match linux.seccomp() {
+            Some(s) => SeccompConfig::Profile(Profile::from_oci(s)?),
+            None => SeccompConfig::None,
+        };
+
+        // ros's extension: the bundle's root as the lower layer of an overlay whose writable
+        // layer is a tmpfs that lives as long as the container.
+        let overlay = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(OVERLAY_ANNOTATION))
+            .is_some_and(|v| v == "true");
+        let rootfs = if overlay {
+            Rootfs::Overlay {
+                lower: vec![root_path],
+                upper: None,
+            }
+        } else {
+            Rootfs::Dir(root_path)
+        };
+        let cfg = Config {
+            id: id.to_string(),
+            rootfs,
+            readonly_root: root.readonly().unwrap_or(false),
+            namespaces: ns,
+            uid_map: maps(linux.uid_mappings()),
+            gid_map: maps(linux.gid_mappings()),
+            hostname: spec.hostname().clone(),
+            mounts,
+            devices,
+            process: Process {
+                args: process.args().clone().unwrap_or_default(),
+                env: process.env().clone().unwrap_or_default(),
+                cwd: process.cwd().display().to_string(),
+                uid: user.uid(),
+                gid: user.gid(),
+                additional_gids: user.additional_gids().clone().unwrap_or_default(),
+                capabilities,
+                rlimits,
+                no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            },
+            cgroup_path: linux
+                .cgroups_path()
+                .clone()
+                .map(|p| PathBuf::from(p.display().to_string().trim_start_matches('/')))
+                .unwrap_or_else(|| PathBuf::from("ros-runtime").join(id)),
+            resources,
+            seccomp,
+            masked_paths: linux.masked_paths().clone().unwrap_or_default(),
+            readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
+            sysctl: linux
+                .sysctl()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// cgroup v1 cpu shares (2-262144) to cgroup v2 cpu.weight (1-10000), as runc converts them.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// blkio weight (10-1000) to io.weight (1-10000), as runc converts it.
+pub fn blkio_to_io_weight(w: u64) -> u64 {
+    1 + (w.clamp(10, 1000) - 10) * 9999 / 990
+}
+
+/// An OCI rlimit name (`RlimitNofile`, as oci-spec spells it) to its resource number.
+pub fn rlimit_resource(name: &str) -> Option<libc::c_int> {
+    let r = match name.to_ascii_uppercase().replace('_', "").as_str() {
+        "RLIMITCPU" => libc::RLIMIT_CPU,
+        "RLIMITFSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMITDATA" => libc::RLIMIT_DATA,
+        "RLIMITSTACK" => libc::RLIMIT_STACK,
+        "RLIMITCORE" => libc::RLIMIT_CORE,
+        "RLIMITRSS" => libc::RLIMIT_RSS,
+        "RLIMITNPROC" => libc::RLIMIT_NPROC,
+        "RLIMITNOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMITMEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMITAS" => libc::RLIMIT_AS,
+        "RLIMITLOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMITSIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMITMSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMITNICE" => libc::RLIMIT_NICE,
+        "RLIMITRTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMITRTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    };
+    i32::try_from(r).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUNDLE: &str = r#"{
+      "ociVersion": "1.0.2",
+      "process": {
+        "user": {"uid": 1000, "gid": 1000, "additionalGids": [10]},
+        "args": ["/bin/sh", "-c", "true"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "capabilities": {"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
+        "noNewPrivileges": true
+      },
+      "root": {"path": "rootfs", "readonly": true},
+      "hostname": "c1",
+      "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/data", "type": "bind", "source": "vol", "options": ["rbind", "ro"]}
+      ],
+      "linux": {
+        "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "network", "path": "/run/netns/x"}],
+        "resources": {"memory": {"limit": 67108864}, "pids": {"limit": 32}, "cpu": {"quota": 50000, "period": 100000, "shares": 1024}},
+        "cgroupsPath": "/ros/c1",
+        "maskedPaths": ["/proc/kcore"],
+        "readonlyPaths": ["/proc/sys"],
+        "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
+      }
+    }"#;
+
+    fn spec() -> Spec {
+        serde_json::from_str(BUNDLE).expect("spec")
+    }
+
+    #[test]
+    fn reads_an_oci_spec() {
+        let c = Config::from_spec("c1", Path::new("/b"), &spec()).expect("config");
+        assert_eq!(c.rootfs, Rootfs::Dir("/b/rootfs".into()));
+        assert!(c.readonly_root);
+        assert_eq!(c.namespaces.pid, NsMode::New);
+        assert_eq!(c.namespaces.net, NsMode::Path("/run/netns/x".into()));
+        assert_eq!(c.namespaces.ipc, NsMode::Host);
+        assert_eq!(c.hostname.as_deref(), Some("c1"));
+        assert_eq!(
+            c.mounts[1].source, "/b/vol",
+            "relative bind sources are in the bundle"
+        );
+        assert!(c.mounts[1].is_bind());
+        assert_eq!((c.process.uid, c.process.gid), (1000, 1000));
+        assert_eq!(c.process.additional_gids, [10]);
+        let caps = c.process.capabilities.as_ref().expect("caps");
+        assert_eq!(caps.effective, [caps::Capability::CAP_KILL]);
+        assert_eq!(caps.bounding.len(), 2);
+        assert_eq!(
+            c.process.rlimits,
+            [(
+                i32::try_from(libc::RLIMIT_NOFILE).expect("rlimit"),
+                512,
+                1024
+            )]
+        );
+        assert!(c.process.no_new_privileges);
+        assert_eq!(c.cgroup_path, PathBuf::from("ros/c1"));
+        assert_eq!(c.resources.memory_max, Some(64 << 20));
+        assert_eq!(c.resources.pids_max, Some(32));
+        assert_eq!(c.resources.cpu_max, Some((50_000, 100_000)));
+        assert_eq!(c.resources.cpu_weight, Some(39));
+        assert!(matches!(c.seccomp, SeccompConfig::Profile(_)));
+        assert_eq!(c.devices.len(), 6);
+    }
+
+    #[test]
+    fn rejects_what_setup_cannot_do() {
+        let mut s = spec();
+        let mut linux = s.linux().clone().expect("linux");
+        linux.set_namespaces(Some(vec![]));
+        s.set_linux(Some(linux));
+        let e = Config::from_spec("c1", Path::new("/b"), &s).expect_err("no mount ns");
+        assert!(e.to_string().contains("new mount namespace"), "{e}");
+        assert!(Config::from_spec("bad id!", Path::new("/b"), &spec()).is_err());
+    }
+
+    #[test]
+    fn weight_conversions_match_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(blkio_to_io_weight(10), 1);
+        assert_eq!(blkio_to_io_weight(500), 4950);
+        assert_eq!(blkio_to_io_weight(1000), 10_000);
+    }
+}

@@ -1,0 +1,177 @@
+//! The last steps in a container before its program runs: working folder, rlimits, signals
+//! back to their defaults, ids and capabilities, no_new_privs, seccomp, then `execve`.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+
+use caps::{CapSet, Capability};
+use seccompiler::BpfProgram;
+
+use crate::config::Config;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn e(what: &str) -> impl FnOnce(nix::errno::Errno) -> String + '_ {
+    move |err| format!("{what}: {err}")
+}
+
+/// The program to run: `args[0]` as is when it holds a `/`, else found in the container's PATH.
+pub fn resolve(program: &str, env: &[String]) -> Option<String> {
+    if program.contains('/') {
+        return Some(program.to_string());
+    }
+    let path = env
+        .iter()
+        .find_map(|v| v.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+}
+
+fn set_of(list: &[Capability]) -> HashSet<Capability> {
+    list.iter().copied().collect()
+}
+
+/// Does the steps and execs; returns only on failure, with what failed.
+pub fn exec(cfg: &Config, seccomp: &[BpfProgram]) -> String {
+    match run(cfg, seccomp) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn run(cfg: &Config, seccomp: &[BpfProgram]) -> Result<Never, String> {
+    let p = &cfg.process;
+    nix::unistd::chdir(p.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", p.cwd))?;
+    for (res, soft, hard) in &p.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: *soft,
+            rlim_max: *hard,
+        };
+        // SAFETY: lim is a valid rlimit for the call.
+        #[allow(clippy::useless_conversion)]
+        if unsafe { libc::setrlimit((*res).try_into().unwrap_or_default(), &lim) } != 0 {
+            return Err(format!(
+                "setrlimit {res}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    // Whatever the runtime's own process ignored or blocked, the program starts with defaults.
+    for sig in 1..=64 {
+        // SAFETY: resetting a disposition to SIG_DFL; invalid signal numbers just fail.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    nix::sys::signal::SigSet::empty()
+        .thread_set_mask()
+        .map_err(e("unblocking signals"))?;
+
+    // Without no_new_privs a filter can only be loaded while CAP_SYS_ADMIN is still held.
+    if !p.no_new_privileges {
+        crate::seccomp::apply(seccomp).map_err(|err| err.to_string())?;
+    }
+    if let Some(c) = &p.capabilities {
+        let keep = set_of(&c.bounding);
+        for cap in caps::all() {
+            if !keep.contains(&cap) {
+                // A capability this kernel does not know is not in the set anyway.
+                let _ = caps::drop(None, CapSet::Bounding, cap);
+            }
+        }
+    }
+    if p.additional_gids.is_empty() {
+        nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
+    } else {
+        let gids: Vec<nix::unistd::Gid> = p
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids).map_err(e("setgroups"))?;
+    }
+    let gid = nix::unistd::Gid::from_raw(p.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(e("setresgid"))?;
+    let keep_caps = p.uid != 0 && p.capabilities.is_some();
+    if keep_caps {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    }
+    let uid = nix::unistd::Uid::from_raw(p.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(e("setresuid"))?;
+    if let Some(c) = &p.capabilities {
+        let cs = |set, list: &[Capability], name: &str| {
+            caps::set(None, set, &set_of(list))
+                .map_err(|err| format!("setting the {name} capabilities: {err}"))
+        };
+        // Each capset must leave effective within permitted: narrow effective first.
+        cs(CapSet::Effective, &c.effective, "effective")?;
+        cs(CapSet::Permitted, &c.permitted, "permitted")?;
+        cs(CapSet::Inheritable, &c.inheritable, "inheritable")?;
+        caps::clear(None, CapSet::Ambient)
+            .map_err(|err| format!("clearing ambient capabilities: {err}"))?;
+        for cap in &c.ambient {
+            caps::raise(None, CapSet::Ambient, *cap)
+                .map_err(|err| format!("raising ambient {cap}: {err}"))?;
+        }
+    }
+    if p.no_new_privileges {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+        }
+        crate::seccomp::apply(seccomp).map_err(|err| err.to_string())?;
+    }
+    // Nothing of the runtime's survives the exec but the three standard streams.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's own fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+
+    let program = p.args.first().ok_or("no program")?;
+    let path = resolve(program, &p.env)
+        .ok_or_else(|| format!("{program}: not found in the container's PATH"))?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("`{s}` holds a NUL byte"));
+    let args = p
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = p
+        .env
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path_c = cstr(&path)?;
+    let err = nix::unistd::execve(&path_c, &args, &env).err();
+    Err(format!(
+        "exec {path}: {}",
+        err.map_or_else(|| "returned".into(), |e| e.to_string())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_programs_in_path() {
+        assert_eq!(resolve("/bin/x", &[]).as_deref(), Some("/bin/x"));
+        let env = vec!["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(resolve("sh", &env).as_deref(), Some("/bin/sh"));
+        assert_eq!(resolve("no-such-program-here", &env), None);
+    }
+}

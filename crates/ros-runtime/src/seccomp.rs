@@ -1,0 +1,434 @@
+//! Seccomp filters: a profile (from an OCI spec, or ros's default) compiled to BPF with
+//! seccompiler (firecracker's) and loaded just before the container's program runs.
+//!
+//! One BPF filter has one action for matches and one for the rest, while a profile mixes
+//! actions, so a profile becomes stacked filters: the kernel runs all of them and keeps the most
+//! restrictive result (on a tie, the newest filter's). The first filter allows every syscall the
+//! profile names and gives the default action to the rest; each other action gets a filter of its
+//! own that returns it for its syscalls and allows the rest.
+//!
+//! The default profile denies (EPERM) what no container should do and what the container's
+//! capabilities would not allow anyway, as Docker's default profile does (e.g. `mount` and
+//! `unshare` need CAP_SYS_ADMIN, `settimeofday` CAP_SYS_TIME); `clone3`, whose flags a filter
+//! cannot see, returns ENOSYS without CAP_SYS_ADMIN so that libcs fall back to `clone`, whose
+//! namespace flags are checked.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use caps::Capability as Cap;
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+use syscalls::Sysno;
+
+use crate::error::{Error, Result};
+
+/// Which filter a container gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeccompConfig {
+    None,
+    /// ros's default, fitted to the container's capabilities.
+    Default,
+    Profile(Profile),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Log,
+    Errno(u32),
+    Trap,
+    KillThread,
+    KillProcess,
+}
+
+/// `arg[index] <op> value`; for `MaskedEq`, `(arg & value) == value_two`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgCond {
+    pub index: u8,
+    pub op: Op,
+    pub value: u64,
+    pub value_two: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    MaskedEq,
+}
+
+/// Syscalls (by name) that get `action` when all of `args` hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub names: Vec<String>,
+    pub action: Action,
+    pub args: Vec<ArgCond>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub default_action: Action,
+    pub rules: Vec<Rule>,
+}
+
+fn action_of(a: LinuxSeccompAction, errno: Option<u32>) -> Result<Action> {
+    Ok(match a {
+        LinuxSeccompAction::ScmpActAllow => Action::Allow,
+        LinuxSeccompAction::ScmpActErrno => Action::Errno(errno.unwrap_or(libc::EPERM as u32)),
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            Action::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => Action::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => Action::Trap,
+        LinuxSeccompAction::ScmpActLog => Action::Log,
+        // No tracer watches a ros container: a traced syscall fails as unimplemented.
+        LinuxSeccompAction::ScmpActTrace => Action::Errno(libc::ENOSYS as u32),
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(Error::Seccomp("SCMP_ACT_NOTIFY is not supported".into()));
+        }
+    })
+}
+
+impl Profile {
+    pub fn from_oci(s: &LinuxSeccomp) -> Result<Profile> {
+        let default_errno = s.default_errno_ret();
+        let mut rules = Vec::new();
+        for sc in s.syscalls().iter().flatten() {
+            let args = sc
+                .args()
+                .iter()
+                .flatten()
+                .map(|a| {
+                    let op = match a.op() {
+                        LinuxSeccompOperator::ScmpCmpNe => Op::Ne,
+                        LinuxSeccompOperator::ScmpCmpLt => Op::Lt,
+                        LinuxSeccompOperator::ScmpCmpLe => Op::Le,
+                        LinuxSeccompOperator::ScmpCmpEq => Op::Eq,
+                        LinuxSeccompOperator::ScmpCmpGe => Op::Ge,
+                        LinuxSeccompOperator::ScmpCmpGt => Op::Gt,
+                        LinuxSeccompOperator::ScmpCmpMaskedEq => Op::MaskedEq,
+                    };
+                    Ok(ArgCond {
+                        index: u8::try_from(a.index()).ok().filter(|i| *i < 6).ok_or_else(
+                            || Error::Seccomp(format!("argument index {} out of range", a.index())),
+                        )?,
+                        op,
+                        value: a.value(),
+                        value_two: a.value_two().unwrap_or(0),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rules.push(Rule {
+                names: sc.names().clone(),
+                action: action_of(sc.action(), sc.errno_ret().or(default_errno))?,
+                args,
+            });
+        }
+        Ok(Profile {
+            default_action: action_of(s.default_action(), default_errno)?,
+            rules,
+        })
+    }
+
+    /// ros's default profile for a container holding `caps` (`None`: every capability).
+    pub fn default_for(caps: Option<&[Cap]>) -> Profile {
+        let has = |c: Cap| caps.is_none_or(|list| list.contains(&c));
+        let eperm = Action::Errno(libc::EPERM as u32);
+        let mut deny: Vec<&str> = vec![
+            // Never from a container.
+            "add_key",
+            "keyctl",
+            "request_key",
+            "kexec_load",
+            "kexec_file_load",
+            "userfaultfd",
+            "lookup_dcookie",
+            "uselib",
+            "ustat",
+            "sysfs",
+            "_sysctl",
+            "nfsservctl",
+            "vm86",
+            "vm86old",
+            "create_module",
+            "get_kernel_syms",
+            "query_module",
+        ];
+        let gated: &[(Cap, &[&str])] = &[
+            (
+                Cap::CAP_SYS_ADMIN,
+                &[
+                    "mount",
+                    "umount2",
+                    "pivot_root",
+                    "setns",
+                    "unshare",
+                    "fsopen",
+                    "fsmount",
+                    "fsconfig",
+                    "fspick",
+                    "move_mount",
+                    "open_tree",
+                    "quotactl",
+                    "swapon",
+                    "swapoff",
+                    "bpf",
+                    "perf_event_open",
+                    "fanotify_init",
+                    "lookup_dcookie",
+                ],
+            ),
+            (
+                Cap::CAP_SYS_MODULE,
+                &["init_module", "finit_module", "delete_module"],
+            ),
+            (Cap::CAP_SYS_BOOT, &["reboot"]),
+            (
+                Cap::CAP_SYS_TIME,
+                &["settimeofday", "clock_settime", "clock_adjtime", "stime"],
+            ),
+            (
+                Cap::CAP_SYS_PTRACE,
+                &["ptrace", "process_vm_readv", "process_vm_writev", "kcmp"],
+            ),
+            (Cap::CAP_SYS_RAWIO, &["iopl", "ioperm"]),
+            (
+                Cap::CAP_SYS_NICE,
+                &["mbind", "set_mempolicy", "get_mempolicy", "move_pages"],
+            ),
+            (Cap::CAP_SYS_PACCT, &["acct"]),
+            (Cap::CAP_SYSLOG, &["syslog"]),
+            (Cap::CAP_DAC_READ_SEARCH, &["open_by_handle_at"]),
+        ];
+        for (cap, calls) in gated {
+            if !has(*cap) {
+                deny.extend_from_slice(calls);
+            }
+        }
+        deny.sort_unstable();
+        deny.dedup();
+        let mut rules = vec![Rule {
+            names: deny.iter().map(|s| s.to_string()).collect(),
+            action: eperm,
+            args: Vec::new(),
+        }];
+        if !has(Cap::CAP_SYS_ADMIN) {
+            // `clone` with a namespace flag, flag by flag (a filter can only test masked
+            // equality); `clone3` hides its flags in memory, so it answers ENOSYS.
+            let flags = [
+                libc::CLONE_NEWNS,
+                libc::CLONE_NEWUTS,
+                libc::CLONE_NEWIPC,
+                libc::CLONE_NEWUSER,
+                libc::CLONE_NEWPID,
+                libc::CLONE_NEWNET,
+                libc::CLONE_NEWCGROUP,
+            ];
+            for f in flags {
+                let f = u64::try_from(f).unwrap_or(0);
+                rules.push(Rule {
+                    names: vec!["clone".into()],
+                    action: eperm,
+                    args: vec![ArgCond {
+                        index: 0,
+                        op: Op::MaskedEq,
+                        value: f,
+                        value_two: f,
+                    }],
+                });
+            }
+            rules.push(Rule {
+                names: vec!["clone3".into()],
+                action: Action::Errno(libc::ENOSYS as u32),
+                args: Vec::new(),
+            });
+        }
+        Profile {
+            default_action: Action::Allow,
+            rules,
+        }
+    }
+
+    /// The BPF programs for this machine's architecture, to load in this order.
+    pub fn compile(&self) -> Result<Vec<BpfProgram>> {
+        let arch = std::env::consts::ARCH.try_into().map_err(|_| {
+            Error::Seccomp(format!("no seccomp support for {}", std::env::consts::ARCH))
+        })?;
+        let mut programs = Vec::new();
+        let mut build = |rules: BTreeMap<i64, Vec<SeccompRule>>,
+                         mismatch: Action,
+                         matched: Action|
+         -> Result<()> {
+            if mismatch == matched {
+                return Ok(());
+            }
+            let filter = SeccompFilter::new(rules, to_sc(mismatch), to_sc(matched), arch)
+                .map_err(|e| Error::Seccomp(e.to_string()))?;
+            programs.push(BpfProgram::try_from(filter).map_err(|e| Error::Seccomp(e.to_string()))?);
+            Ok(())
+        };
+        if self.default_action != Action::Allow {
+            // Everything named is allowed here; the per-action filters below decide for those
+            // named with another action.
+            let mut named = BTreeMap::new();
+            for r in &self.rules {
+                let args = if r.action == Action::Allow {
+                    &r.args[..]
+                } else {
+                    &[][..]
+                };
+                add(&mut named, &r.names, args)?;
+            }
+            build(named, self.default_action, Action::Allow)?;
+        }
+        let mut by_action: BTreeMap<Action, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
+        for r in self.rules.iter().filter(|r| r.action != Action::Allow) {
+            add(by_action.entry(r.action).or_default(), &r.names, &r.args)?;
+        }
+        for (action, rules) in by_action {
+            build(rules, Action::Allow, action)?;
+        }
+        Ok(programs)
+    }
+}
+
+/// Adds the syscalls `names` (unknown to this architecture: skipped, as runc does) with the
+/// condition set `args` (none: unconditional, which then wins over any condition).
+fn add(
+    map: &mut BTreeMap<i64, Vec<SeccompRule>>,
+    names: &[String],
+    args: &[ArgCond],
+) -> Result<()> {
+    for name in names {
+        let Ok(nr) = Sysno::from_str(name) else {
+            continue;
+        };
+        let nr = i64::from(nr.id());
+        if args.is_empty() {
+            map.insert(nr, Vec::new());
+            continue;
+        }
+        let conds = args
+            .iter()
+            .map(|a| {
+                let (op, value) = match a.op {
+                    Op::Eq => (SeccompCmpOp::Eq, a.value),
+                    Op::Ne => (SeccompCmpOp::Ne, a.value),
+                    Op::Lt => (SeccompCmpOp::Lt, a.value),
+                    Op::Le => (SeccompCmpOp::Le, a.value),
+                    Op::Gt => (SeccompCmpOp::Gt, a.value),
+                    Op::Ge => (SeccompCmpOp::Ge, a.value),
+                    Op::MaskedEq => (SeccompCmpOp::MaskedEq(a.value), a.value_two),
+                };
+                SeccompCondition::new(a.index, SeccompCmpArgLen::Qword, op, value)
+                    .map_err(|e| Error::Seccomp(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rule = SeccompRule::new(conds).map_err(|e| Error::Seccomp(e.to_string()))?;
+        match map.get_mut(&nr) {
+            // Already unconditional: stays so.
+            Some(rules) if rules.is_empty() => {}
+            Some(rules) => rules.push(rule),
+            None => {
+                map.insert(nr, vec![rule]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_sc(a: Action) -> SeccompAction {
+    match a {
+        Action::Allow => SeccompAction::Allow,
+        Action::Log => SeccompAction::Log,
+        Action::Errno(e) => SeccompAction::Errno(e),
+        Action::Trap => SeccompAction::Trap,
+        Action::KillThread => SeccompAction::KillThread,
+        Action::KillProcess => SeccompAction::KillProcess,
+    }
+}
+
+/// Loads the programs into the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
+pub fn apply(programs: &[BpfProgram]) -> Result<()> {
+    for p in programs {
+        seccompiler::apply_filter(p).map_err(|e| Error::Seccomp(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_follows_capabilities() {
+        let default = Profile::default_for(Some(crate::config::DEFAULT_CAPABILITIES));
+        let denied = &default.rules[0].names;
+        for s in [
+            "mount",
+            "unshare",
+            "reboot",
+            "settimeofday",
+            "init_module",
+            "keyctl",
+            "ptrace",
+        ] {
+            assert!(denied.iter().any(|d| d == s), "{s} should be denied");
+        }
+        assert!(
+            default
+                .rules
+                .iter()
+                .any(|r| r.names == ["clone3"] && r.action == Action::Errno(libc::ENOSYS as u32))
+        );
+        let mut with_time: Vec<Cap> = crate::config::DEFAULT_CAPABILITIES.to_vec();
+        with_time.push(Cap::CAP_SYS_TIME);
+        let ntp = Profile::default_for(Some(&with_time));
+        assert!(!ntp.rules[0].names.iter().any(|d| d == "settimeofday"));
+        let privileged = Profile::default_for(None);
+        assert!(!privileged.rules[0].names.iter().any(|d| d == "mount"));
+        assert!(
+            privileged.rules[0].names.iter().any(|d| d == "keyctl"),
+            "never from a container"
+        );
+        assert_eq!(
+            privileged.rules.len(),
+            1,
+            "no clone rules when CAP_SYS_ADMIN is kept"
+        );
+    }
+
+    #[test]
+    fn profiles_compile_to_stacked_filters() {
+        let p = Profile::default_for(Some(crate::config::DEFAULT_CAPABILITIES));
+        // EPERM and ENOSYS: two filters over an allowing default.
+        assert_eq!(p.compile().expect("compile").len(), 2);
+        let oci: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                {"names": ["read", "write", "exit_group", "no_such_syscall"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+            ]}"#,
+        )
+        .expect("json");
+        let p = Profile::from_oci(&oci).expect("profile");
+        assert_eq!(p.default_action, Action::Errno(1));
+        assert_eq!(p.rules[2].action, Action::Errno(38));
+        assert_eq!(p.compile().expect("compile").len(), 2);
+    }
+
+    #[test]
+    fn notify_is_refused() {
+        let oci: LinuxSeccomp =
+            serde_json::from_str(r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#).expect("json");
+        assert!(Profile::from_oci(&oci).is_err());
+    }
+}
