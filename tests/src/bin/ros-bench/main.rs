@@ -1,8 +1,13 @@
-//! `ros-bench boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
+//! `ros-bench`: the benchmarks. `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
 //! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
 //! prints the medians: what ros's init costs from its start to the ready line (absolute, and as a
 //! share of the boot to ready), what it costs against the null init in all (its bigger initramfs
 //! included), the init's memory when ready, and the initramfs sizes.
+
+// A benchmark prints its figures.
+#![allow(clippy::print_stdout)]
+
+mod runtime;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -15,6 +20,12 @@ use ros_qemu::{BootConfig, Guest};
 #[derive(Parser)]
 #[command(name = "ros-bench", about = "ros benchmarks")]
 enum Cli {
+    /// Start latency of a container running /bin/true with ros's runtime, crun and runc, on
+    /// the same bundle (needs root).
+    Runtime {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Boot time and memory of ros's init against a null init.
     Boot {
         #[arg(long, value_enum)]
@@ -99,7 +110,10 @@ fn ros_run(cfg: &BootConfig, s: &mut Samples) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let Cli::Boot { arch, runs, cpus } = Cli::parse();
+    let (arch, runs, cpus) = match Cli::parse() {
+        Cli::Runtime { runs } => return runtime::bench(runs),
+        Cli::Boot { arch, runs, cpus } => (arch, runs, cpus),
+    };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;
     let manifest: ros_image::Manifest =

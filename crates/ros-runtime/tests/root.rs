@@ -1,0 +1,364 @@
+//! The runtime on this host, as root: real OCI bundles (a busybox rootfs) run through the
+//! `ros-runtime` binary. Skipped when not root. cgroup limits are tested in QEMU instead (this
+//! host's cgroups are hybrid).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn root() -> bool {
+    let ok = nix::unistd::Uid::effective().is_root();
+    if !ok {
+        eprintln!("skipped: needs root");
+    }
+    ok
+}
+
+fn busybox() -> PathBuf {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("busybox (apt-get install busybox-static)")
+}
+
+struct Bundle {
+    dir: tempfile::TempDir,
+    config: Value,
+}
+
+impl Bundle {
+    /// A bundle with a busybox rootfs and runc's default config running `args`.
+    fn new(args: &[&str]) -> Bundle {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
+        }
+        std::fs::copy(busybox(), rootfs.join("bin/busybox")).expect("copy busybox");
+        for applet in [
+            "sh", "cat", "echo", "id", "hostname", "readlink", "ls", "mount", "pwd", "touch",
+            "grep", "sleep", "true", "wc",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
+        }
+        let mut config: Value = {
+            let out = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+                .args(["spec", "--bundle"])
+                .arg(dir.path())
+                .output()
+                .expect("spec");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
+                .expect("json")
+        };
+        config["process"]["args"] = json!(args);
+        config["process"]["env"] = json!(["PATH=/bin", "GREETING=hello"]);
+        Bundle { dir, config }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, id: &str) -> Output {
+        std::fs::write(self.dir.path().join("config.json"), self.config.to_string())
+            .expect("write");
+        let run_root = self.dir.path().join("run");
+        Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+            .args(["run", "--bundle"])
+            .arg(self.dir.path())
+            .arg("--root")
+            .arg(&run_root)
+            .arg(id)
+            .output()
+            .expect("run")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(o)
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+#[test]
+fn namespaces_are_new_and_pid_is_1() {
+    if !root() {
+        return;
+    }
+    let b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "for n in mnt pid uts ipc net cgroup; do readlink /proc/self/ns/$n; done; echo pid $$",
+    ]);
+    let out = ok(&b.run(&id("ns")));
+    for n in ["mnt", "pid", "uts", "ipc", "net", "cgroup"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .expect("ns")
+            .display()
+            .to_string();
+        let inside = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{n}:")))
+            .expect(n);
+        assert_ne!(inside, host, "{n} namespace is shared with the host");
+    }
+    assert!(out.contains("pid 1"), "{out}");
+}
+
+#[test]
+fn a_namespace_left_out_is_the_hosts() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&["/bin/readlink", "/proc/self/ns/net"]);
+    let ns = b.config["linux"]["namespaces"].as_array_mut().expect("ns");
+    ns.retain(|n| n["type"] != "network");
+    let out = ok(&b.run(&id("hostnet")));
+    let host = std::fs::read_link("/proc/self/ns/net")
+        .expect("ns")
+        .display()
+        .to_string();
+    assert_eq!(out.trim(), host);
+}
+
+#[test]
+fn overlay_root_takes_writes_and_leaves_the_image_alone() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "echo x > /written && cat /written && grep ' / / ' /proc/self/mountinfo && ls /tmp",
+    ]);
+    b.config["root"]["readonly"] = json!(false);
+    b.config["annotations"] = json!({"org.ros.rootfs.overlay": "true"});
+    let out = ok(&b.run(&id("overlay")));
+    assert!(out.starts_with("x\n"), "{out}");
+    assert!(
+        out.contains(" - overlay overlay "),
+        "the root is an overlay: {out}"
+    );
+    assert!(
+        !b.path().join("rootfs/written").exists(),
+        "the write reached the image"
+    );
+    // pivot_root left nothing of the host: the container's /tmp is its own, empty.
+    let after_mountinfo = out
+        .lines()
+        .skip_while(|l| !l.contains(" / / "))
+        .skip(1)
+        .count();
+    assert_eq!(after_mountinfo, 0, "{out}");
+}
+
+#[test]
+fn a_read_only_root_refuses_writes() {
+    if !root() {
+        return;
+    }
+    let b = Bundle::new(&["/bin/touch", "/nope"]);
+    let o = b.run(&id("ro"));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "{:?}",
+        o
+    );
+}
+
+#[test]
+fn bind_mounts_read_only_and_read_write() {
+    if !root() {
+        return;
+    }
+    let host_ro = tempfile::tempdir().expect("tmp");
+    let host_rw = tempfile::tempdir().expect("tmp");
+    std::fs::write(host_ro.path().join("f"), "from the host\n").expect("write");
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /ro/f; touch /ro/g 2>&1; echo in > /rw/out",
+    ]);
+    let mounts = b.config["mounts"].as_array_mut().expect("mounts");
+    mounts.push(json!({"destination": "/ro", "type": "bind", "source": host_ro.path(), "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/rw", "type": "bind", "source": host_rw.path(), "options": ["rbind", "rw"]}));
+    let out = ok(&b.run(&id("bind")));
+    assert!(out.contains("from the host"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host_rw.path().join("out")).expect("out"),
+        "in\n"
+    );
+}
+
+#[test]
+fn capabilities_are_dropped() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; mount -t tmpfs none /tmp 2>&1; echo mount=$?",
+    ]);
+    // Only CAP_KILL (bit 5) and CAP_NET_BIND_SERVICE (bit 10).
+    let set = json!(["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    for s in [
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+    ] {
+        b.config["process"]["capabilities"][s] = set.clone();
+    }
+    let out = ok(&b.run(&id("caps")));
+    assert!(out.contains("CapEff:\t0000000000000420"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000420"), "{out}");
+    assert!(
+        out.contains("mount=255") || out.contains("mount=1"),
+        "mount must fail without CAP_SYS_ADMIN: {out}"
+    );
+    assert!(
+        out.contains("ermission denied") || out.contains("not permitted"),
+        "{out}"
+    );
+}
+
+#[test]
+fn seccomp_denies_a_call() {
+    if !root() {
+        return;
+    }
+    // The busybox applet, not the shell's builtin (which prints $PWD without getcwd).
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "grep -E '^Seccomp' /proc/self/status; /bin/busybox pwd 2>&1; echo pwd=$?",
+    ]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+    });
+    let out = ok(&b.run(&id("seccomp")));
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(
+        out.contains("Permission denied"),
+        "getcwd must fail with EACCES: {out}"
+    );
+    assert!(out.contains("pwd=1"), "{out}");
+}
+
+#[test]
+fn hostname_env_user_and_rlimits() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "hostname; echo $GREETING; id; ulimit -n; cd /tmp && pwd",
+    ]);
+    b.config["hostname"] = json!("box1");
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [20]});
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}]);
+    b.config["process"]["cwd"] = json!("/tmp");
+    let out = ok(&b.run(&id("ids")));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "box1");
+    assert_eq!(lines[1], "hello");
+    assert!(
+        lines[2].starts_with("uid=1000 gid=1001") && lines[2].contains("groups=20"),
+        "{out}"
+    );
+    assert_eq!(lines[3], "100");
+    assert_eq!(lines[4], "/tmp");
+}
+
+#[test]
+fn exit_codes_and_signals_come_back() {
+    if !root() {
+        return;
+    }
+    let b = Bundle::new(&["/bin/sh", "-c", "exit 7"]);
+    assert_eq!(b.run(&id("exit")).status.code(), Some(7));
+    // The init of a PID namespace ignores even SIGKILL from inside it: use the host's.
+    let mut b = Bundle::new(&["/bin/sh", "-c", "kill -9 $$"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .retain(|n| n["type"] != "pid");
+    assert_eq!(b.run(&id("kill")).status.code(), Some(137));
+}
+
+#[test]
+fn masked_and_read_only_paths() {
+    if !root() {
+        return;
+    }
+    let b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /proc/kcore | wc -c; echo 1 > /proc/sys/vm/overcommit_memory 2>&1; echo w=$?",
+    ]);
+    let out = b.run(&id("masked"));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().next().map(str::trim),
+        Some("0"),
+        "/proc/kcore reads empty: {text}"
+    );
+    assert!(text.contains("w=1"), "{text}");
+    // The shell reports a failed redirect on its own stderr.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_broken_bundle_is_a_clear_error() {
+    if !root() {
+        return;
+    }
+    let b = Bundle::new(&["/no/such/program"]);
+    let o = b.run(&id("missing"));
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/no/such/program"), "{err}");
+    let empty = tempfile::tempdir().expect("tmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .args(["run", "--bundle"])
+        .arg(empty.path())
+        .arg("x")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("config.json"),
+        "{o:?}"
+    );
+}
