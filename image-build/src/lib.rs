@@ -2,7 +2,9 @@
 //! kernel's `vmlinuz` and a compressed cpio `initramfs` holding the static init, `/dev/console`,
 //! the kernel modules the image carries and their index. The same inputs give the same bytes.
 
+pub mod apt;
 pub mod cpio;
+pub mod elf;
 pub mod kernel;
 pub mod modinfo;
 pub mod modules;

@@ -1,0 +1,145 @@
+//! Debian packages for an architecture, through an apt state folder of ros-image's own under
+//! `target/ros-cache/apt/<arch>/` (the host's apt lists and dpkg state are never touched, and
+//! amd64 and arm64 work alike): `apt-get update` once, `apt-get download`, `dpkg -x`. Downloads
+//! and unpacked trees are cached; a later build needs no network.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::Arch;
+
+#[derive(Debug, Clone)]
+pub struct Apt {
+    arch: Arch,
+    dir: PathBuf,
+    opts: Vec<String>,
+}
+
+impl Apt {
+    pub fn new(cache: &Path, arch: Arch) -> Result<Apt> {
+        let dir = cache.join("apt").join(arch.debian());
+        let lists = dir.join("lists");
+        let cache_dir = dir.join("cache");
+        std::fs::create_dir_all(lists.join("partial"))?;
+        std::fs::create_dir_all(cache_dir.join("archives/partial"))?;
+        std::fs::create_dir_all(dir.join("debs"))?;
+        let a = arch.debian();
+        Ok(Apt {
+            arch,
+            opts: vec![
+                format!("-oAPT::Architecture={a}"),
+                format!("-oAPT::Architectures={a}"),
+                format!("-oDir::State::Lists={}", lists.display()),
+                format!("-oDir::Cache={}", cache_dir.display()),
+                "-oDebug::NoLocking=1".to_string(),
+                "-oAPT::Sandbox::User=root".to_string(),
+                "-q".to_string(),
+            ],
+            dir,
+        })
+    }
+
+    fn updated(&self) -> bool {
+        std::fs::read_dir(self.dir.join("lists"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().ends_with("Packages.lz4")
+                        || e.file_name().to_string_lossy().ends_with("Packages")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// `apt-get update` into our own lists (once, or again when `force`).
+    pub fn update(&self, force: bool) -> Result<()> {
+        if self.updated() && !force {
+            return Ok(());
+        }
+        crate::progress(&format!(
+            "updating apt lists for {} in {}",
+            self.arch.debian(),
+            self.dir.display()
+        ));
+        crate::kernel::run(Command::new("apt-get").args(&self.opts).arg("update"))
+    }
+
+    /// The `.deb` of `package` (downloaded once).
+    pub fn deb(&self, package: &str) -> Result<PathBuf> {
+        let debs = self.dir.join("debs");
+        if let Ok(d) = newest_deb(&debs, package) {
+            return Ok(d);
+        }
+        self.update(false)?;
+        crate::progress(&format!("downloading {package} ({})", self.arch.debian()));
+        crate::kernel::run(
+            Command::new("apt-get")
+                .current_dir(&debs)
+                .args(&self.opts)
+                .args(["download", package]),
+        )?;
+        newest_deb(&debs, package)
+    }
+
+    /// Downloads `package` again even when one is cached (for a newer version).
+    pub fn refresh(&self, package: &str) -> Result<PathBuf> {
+        self.update(true)?;
+        let debs = self.dir.join("debs");
+        crate::kernel::run(
+            Command::new("apt-get")
+                .current_dir(&debs)
+                .args(&self.opts)
+                .args(["download", package]),
+        )?;
+        newest_deb(&debs, package)
+    }
+
+    /// `package` unpacked (once) into a folder of its own; returns the folder.
+    pub fn unpacked(&self, package: &str) -> Result<PathBuf> {
+        let deb = self.deb(package)?;
+        let name = deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = self
+            .dir
+            .join("unpacked")
+            .join(name.trim_end_matches(".deb"));
+        if !out.join(".done").exists() {
+            if out.exists() {
+                std::fs::remove_dir_all(&out)?;
+            }
+            std::fs::create_dir_all(&out)?;
+            crate::kernel::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&out))?;
+            std::fs::write(out.join(".done"), "")?;
+        }
+        Ok(out)
+    }
+}
+
+pub fn newest_deb(dir: &Path, package: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .max()
+        .with_context(|| format!("no {package}_*.deb in {}", dir.display()))
+}
+
+/// A field of a `.deb`'s control file.
+pub fn deb_field(deb: &Path, field: &str) -> Result<String> {
+    let out = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(deb)
+        .arg(field)
+        .output()?;
+    if !out.status.success() {
+        bail!("dpkg-deb -f {} {field} failed", deb.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
