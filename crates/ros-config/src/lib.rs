@@ -7,12 +7,14 @@ pub mod cmdline;
 pub mod error;
 pub mod node;
 pub mod schema;
+pub mod service;
 pub mod toml_src;
 pub mod types;
 pub mod walk;
 
 pub use error::{ConfigError, Pos};
-pub use schema::{Dns, Interface, Network, Route, SCHEMA_VERSION, UserData};
+pub use schema::{Dns, Interface, Network, Ntp, Route, SCHEMA_VERSION, UserData};
+pub use service::Service;
 pub use types::{Dur, Hostname, IfName, MacAddr, ModuleName, SysctlKey};
 
 /// A user-data read from one source.

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::node::{Node, Value};
+use crate::service::Service;
 use crate::types::{Dur, Hostname, IfName, MacAddr, ModuleName, SysctlKey};
 use crate::walk::{Walker, join};
 
@@ -19,21 +20,28 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const DEFAULT_ONLINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Top-level keys this build reads.
-const TOP_KEYS: &[&str] = &["version", "hostname", "modules", "sysctl", "network"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "hostname",
+    "modules",
+    "sysctl",
+    "network",
+    "services",
+    "ssh_authorized_keys",
+    "ntp",
+];
 
 /// Top-level keys of the designed schema that later ros versions fill in; they are recognised so
 /// that the error says "not supported yet" instead of "unknown".
 const PLANNED_TOP_KEYS: &[&str] = &[
-    "ssh_authorized_keys",
     "users",
     "write_files",
     "bootcmd",
     "runcmd",
-    "ntp",
     "environment",
-    "services",
     "console",
 ];
+const NTP_KEYS: &[&str] = &["servers"];
 
 const NETWORK_KEYS: &[&str] = &["online_timeout", "dns", "interfaces"];
 const PLANNED_NETWORK_KEYS: &[&str] = &["bonds", "vlans"];
@@ -60,6 +68,18 @@ pub struct UserData {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctl: BTreeMap<SysctlKey, String>,
     pub network: Network,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Service>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_authorized_keys: Option<Vec<String>>,
+    pub ntp: Ntp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ntp {
+    /// `host` or `host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -128,6 +148,11 @@ impl UserData {
         set(&mut self.hostname, higher.hostname);
         set(&mut self.modules, higher.modules);
         self.sysctl.extend(higher.sysctl);
+        set(&mut self.ssh_authorized_keys, higher.ssh_authorized_keys);
+        set(&mut self.ntp.servers, higher.ntp.servers);
+        for (name, svc) in higher.services {
+            self.services.entry(name).or_default().merge(svc);
+        }
         let (net, hnet) = (&mut self.network, higher.network);
         set(&mut net.online_timeout, hnet.online_timeout);
         set(&mut net.dns.nameservers, hnet.dns.nameservers);
@@ -180,11 +205,62 @@ pub fn read(w: &mut Walker<'_>, root: &Node) -> UserData {
             }
             "sysctl" => out.sysctl = read_sysctl(w, n),
             "network" => out.network = read_network(w, n),
+            "services" => out.services = crate::service::read_services(w, n),
+            "ssh_authorized_keys" => {
+                out.ssh_authorized_keys = w.list("ssh_authorized_keys", n, ssh_key);
+            }
+            "ntp" => {
+                for e in w.table("ntp", n, NTP_KEYS).unwrap_or_default() {
+                    out.ntp.servers = w.list("ntp.servers", &e.node, |w, p, n| {
+                        let s = w.string(p, n)?;
+                        if s.is_empty() || s.chars().any(char::is_whitespace) {
+                            w.err(n.pos, p, format!("expected a server like `pool.ntp.org` or `10.0.2.2:123`, found `{s}`"));
+                            return None;
+                        }
+                        Some(s)
+                    });
+                }
+            }
             k if PLANNED_TOP_KEYS.contains(&k) => not_yet(w, e.key_pos, k),
             _ => w.unknown_key("", e, &allowed),
         }
     }
     out
+}
+
+/// An SSH public key line: `TYPE BASE64 [COMMENT]`.
+fn ssh_key(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
+    let s = w.string(path, node)?;
+    let mut parts = s.split_whitespace();
+    let (ty, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let known = matches!(
+        ty,
+        "ssh-ed25519"
+            | "ssh-rsa"
+            | "ssh-dss"
+            | "ecdsa-sha2-nistp256"
+            | "ecdsa-sha2-nistp384"
+            | "ecdsa-sha2-nistp521"
+            | "sk-ssh-ed25519@openssh.com"
+            | "sk-ecdsa-sha2-nistp256@openssh.com"
+    );
+    let base64 = body.len() >= 16
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='));
+    if known && base64 && !s.contains('\n') {
+        Some(s.trim().to_string())
+    } else {
+        let shown: String = s.chars().take(24).collect();
+        w.err(
+            node.pos,
+            path,
+            format!(
+                "`{shown}...` is not an SSH public key (expected `ssh-ed25519 AAAA... comment`)"
+            ),
+        );
+        None
+    }
 }
 
 fn not_yet(w: &mut Walker<'_>, pos: crate::error::Pos, key: &str) {

@@ -107,12 +107,34 @@ fn a_broken_file_reports_every_error_with_position_and_key() {
 
 #[test]
 fn planned_keys_are_named_as_not_yet_applied() {
-    let r = from_toml("t", "ssh_authorized_keys = [\"ssh-ed25519 AAAA\"]\n");
+    let r = from_toml("t", "runcmd = [\"echo hi\"]\n");
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].message.contains("does not apply it yet"),
         "{}",
         r.errors[0]
+    );
+}
+
+#[test]
+fn ssh_keys_and_ntp_servers() {
+    let r = from_toml(
+        "t",
+        "ssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx admin@host\", \"not a key\"]\n[ntp]\nservers = [\"10.0.2.2:1230\"]\n",
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(
+        (r.errors[0].line, r.errors[0].key.as_str()),
+        (1, "ssh_authorized_keys[1]")
+    );
+    assert!(r.errors[0].message.contains("not an SSH public key"));
+    assert_eq!(
+        r.data.ssh_authorized_keys, None,
+        "a list with a bad key is dropped whole"
+    );
+    assert_eq!(
+        r.data.ntp.servers.as_deref(),
+        Some(&["10.0.2.2:1230".to_string()][..])
     );
 }
 

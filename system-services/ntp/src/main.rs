@@ -1,7 +1,8 @@
 //! ros-ntp: keeps the clock with SNTP (RFC 4330). Asks the servers in turn every interval; an
 //! offset over 128 ms steps the clock (`clock_settime`), a smaller one is slewed (`adjtime`).
 //!
-//! Usage: `ros-ntp [--interval SECONDS] [--once] SERVER[:PORT]...` (port 123 by default).
+//! Usage: `ros-ntp [--interval SECONDS] [--once] SERVER[:PORT]...` (port 123 by default); with
+//! no servers given, the comma-separated `ROS_NTP_SERVERS`.
 //! Needs CAP_SYS_TIME to set the clock.
 
 // A service reports on its standard output, which the supervisor keeps in its log.
@@ -185,8 +186,19 @@ fn main() -> std::process::ExitCode {
             _ => servers.push(a),
         }
     }
+    if servers.is_empty()
+        && let Ok(env) = std::env::var("ROS_NTP_SERVERS")
+    {
+        servers = env
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
     if servers.is_empty() {
-        eprintln!("usage: ros-ntp [--interval SECONDS] [--once] SERVER[:PORT]...");
+        eprintln!(
+            "usage: ros-ntp [--interval SECONDS] [--once] SERVER[:PORT]... (or ROS_NTP_SERVERS)"
+        );
         return std::process::ExitCode::from(2);
     }
     println!("ros-ntp: servers {} every {interval}s", servers.join(", "));
