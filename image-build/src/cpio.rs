@@ -59,6 +59,29 @@ impl Archive {
         self.entries.insert(path, Entry { mode, kind });
     }
 
+    /// Adds the tree at `dir` under `prefix`: folders, files (with their permission bits) and
+    /// symlinks, owned by root.
+    pub fn add_tree(&mut self, prefix: &str, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("{}/{name}", prefix.trim_end_matches('/'));
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                self.symlink(&path, &target.to_string_lossy());
+            } else if meta.is_dir() {
+                self.dir(&path, mode);
+                self.add_tree(&path, &entry.path())?;
+            } else if meta.is_file() {
+                self.file(&path, mode, std::fs::read(entry.path())?);
+            }
+        }
+        Ok(())
+    }
+
     /// Total bytes of file contents.
     pub fn payload_bytes(&self) -> u64 {
         self.entries

@@ -5,6 +5,7 @@
 pub mod apt;
 pub mod cpio;
 pub mod elf;
+pub mod images;
 pub mod kernel;
 pub mod modinfo;
 pub mod modules;
@@ -91,7 +92,12 @@ pub struct BuildOptions {
     pub init: InitKind,
     /// Build with `cargo --quiet`.
     pub quiet: bool,
+    /// How the system-service images' layers are kept in the initramfs.
+    pub layer_store: images::LayerStore,
 }
+
+/// Where the initramfs keeps the system-service images (read by the init).
+pub const IMAGES_DIR: &str = "usr/lib/ros";
 
 /// What a build wrote, also saved as `manifest.json` beside the image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,8 +113,12 @@ pub struct Manifest {
     pub missing_modules: Vec<String>,
     /// Compressed size of the initramfs.
     pub initramfs_bytes: u64,
-    /// Compressed size of the same initramfs without the kernel modules.
+    /// Compressed size of the same initramfs without the kernel modules and the images: the
+    /// init and what it needs.
     pub initramfs_without_modules_bytes: u64,
+    /// The images in the initramfs (layers as stored, plus their metadata), uncompressed.
+    pub images_bytes: u64,
+    pub layer_store: String,
     pub initramfs_sha256: String,
     /// A digest of everything the initramfs is made from; a build with the same inputs keeps
     /// the initramfs as it is.
@@ -167,6 +177,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let mut base = Archive::default();
     base_tree(&mut base, init.clone());
     let mut full = base.clone();
+    let images_bytes = match opts.init {
+        InitKind::Ros => add_images(&mut full, arch, &opts.out, opts.layer_store, opts.quiet)?,
+        InitKind::Null => 0,
+    };
     let (modules, module_bytes, missing) = match opts.init {
         InitKind::Ros => {
             let sel =
@@ -222,6 +236,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         missing_modules: missing,
         initramfs_bytes: image.len() as u64,
         initramfs_without_modules_bytes: without_modules.len() as u64,
+        images_bytes,
+        layer_store: format!("{:?}", opts.layer_store).to_lowercase(),
         initramfs_sha256: hex(&Sha256::digest(&image)),
         inputs_sha256,
     };
@@ -234,6 +250,94 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         manifest.init_bytes / 1024
     ));
     Ok(manifest)
+}
+
+/// Adds the system-service images and service definitions; returns the images' bytes.
+fn add_images(
+    a: &mut Archive,
+    arch: Arch,
+    out: &Path,
+    store: images::LayerStore,
+    quiet: bool,
+) -> Result<u64> {
+    let repo = workspace_root();
+    let built = images::build(arch, &cache_dir(), &repo, out, quiet)?;
+    let mut bytes = 0u64;
+    for l in &built.layers {
+        match store {
+            images::LayerStore::Erofs => {
+                let data = std::fs::read(&l.erofs)?;
+                bytes += data.len() as u64;
+                a.file(
+                    &format!("{IMAGES_DIR}/layers/{}.erofs", l.hex()),
+                    0o644,
+                    data,
+                );
+            }
+            images::LayerStore::Tree => {
+                let prefix = format!("{IMAGES_DIR}/layers/{}", l.hex());
+                a.dir(&prefix, 0o755);
+                a.add_tree(&prefix, &l.staged)?;
+                bytes += dir_bytes(&l.staged);
+            }
+        }
+    }
+    for f in ["oci-layout", "index.json"] {
+        let data = std::fs::read(built.oci.join(f))?;
+        bytes += data.len() as u64;
+        a.file(&format!("{IMAGES_DIR}/oci/{f}"), 0o644, data);
+    }
+    for blob in &built.metadata_blobs {
+        let data = std::fs::read(blob)?;
+        bytes += data.len() as u64;
+        let name = blob
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        a.file(
+            &format!("{IMAGES_DIR}/oci/blobs/sha256/{name}"),
+            0o644,
+            data,
+        );
+    }
+    let services = repo.join("system-services/services");
+    for e in
+        std::fs::read_dir(&services).with_context(|| format!("reading {}", services.display()))?
+    {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            a.file(
+                &format!("{IMAGES_DIR}/services/{name}"),
+                0o644,
+                std::fs::read(&p)?,
+            );
+        }
+    }
+    progress(&format!(
+        "images: {} ({} layers, {} KiB)",
+        built.images.join(", "),
+        built.layers.len(),
+        bytes / 1024
+    ));
+    Ok(bytes)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| match std::fs::symlink_metadata(e.path()) {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) if m.is_file() => m.len(),
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The part of the initramfs that is not modules.

@@ -33,6 +33,9 @@ enum Cmd {
         /// benchmark's baseline).
         #[arg(long)]
         null_init: bool,
+        /// How the system-service images' layers are kept in the initramfs.
+        #[arg(long, value_enum, default_value = "erofs")]
+        layer_store: ros_image::images::LayerStore,
     },
     /// Fetch (or find cached) the kernel package for an architecture and print its release.
     Kernel {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             out,
             refresh_kernel,
             null_init,
+            layer_store,
         } => ros_image::build(&BuildOptions {
             arch,
             out: out.unwrap_or_else(|| ros_image::default_out(arch)),
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
                 InitKind::Ros
             },
             quiet: false,
+            layer_store,
         })
         .map(|m| {
             ros_image::progress(&format!(

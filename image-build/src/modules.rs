@@ -23,8 +23,9 @@ pub const IMAGE_MODULES: &[&str] = &[
     "virtio_rng",
     // QEMU fw_cfg, where user-data is passed
     "qemu_fw_cfg",
-    // file systems: container layers, config drives, images
+    // file systems: container layers, config drives, images (erofs needs a loop device here)
     "overlay",
+    "loop",
     "squashfs",
     "erofs",
     "isofs",
