@@ -17,7 +17,7 @@ use crate::network::NetState;
 use crate::power::{self, Action};
 use crate::ready::{self, Phase, Ready};
 use crate::sys::RealSys;
-use crate::{logger, mounts, network, shutdown, sources, switch_root, system};
+use crate::{logger, mounts, network, shutdown, sources, system};
 
 /// The boot timeline.
 #[derive(Debug, Default)]
@@ -116,6 +116,14 @@ fn signal_or_log(kind: SignalKind, name: &str) -> Option<Signal> {
     signal(kind)
         .map_err(|e| log::error!("init: cannot watch {name}: {e}"))
         .ok()
+}
+
+/// Sleeps until uptime `at` (ms); forever when there is none.
+async fn until(at: Option<u64>) {
+    match at {
+        Some(at) => tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(uptime_ms()))).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(s: &mut Option<Signal>) {
@@ -240,12 +248,21 @@ async fn boot(started: u64) -> ! {
         .await;
     errors.append(&mut net.errors);
 
+    let mut config_errors = gathered.read.errors.clone();
+    let mut supervisor = tl.phase("services", || {
+        crate::services::start(&sys, loader.as_mut(), cfg, uptime_ms(), &mut errors, &mut config_errors)
+    });
+    for e in &config_errors[gathered.read.errors.len()..] {
+        log::error!("config: {e}");
+    }
+
     let modules = loader
         .as_ref()
         .map(|l| l.report.clone())
         .unwrap_or_else(Report::default);
+    let services = supervisor.as_ref().map(|s| s.report()).unwrap_or_default();
     report_ready(
-        &mut tl, &mut net, &hostname, kernel, modules, gathered, errors,
+        &mut tl, &mut net, &hostname, kernel, modules, gathered, config_errors, services, errors,
     )
     .await;
 
@@ -255,20 +272,6 @@ async fn boot(started: u64) -> ! {
     }
     // No more rounds: close the socket rather than let unread events fill its buffer.
     drop(uevents);
-    let tops: Vec<&str> = mounts::MOUNTS
-        .iter()
-        .map(|m| m.target)
-        .filter(|t| t.matches('/').count() == 1)
-        .collect();
-    match switch_root::switch(&tops) {
-        Err(e) => log::error!("root: {e}; containers cannot start"),
-        Ok(()) if switch_root::pivot_root_works("/.ros-pivot-check") => {
-            log::info!("root: pivot_root works")
-        }
-        Ok(()) => {
-            log::error!("root: pivot_root does not work from the root; containers cannot start")
-        }
-    }
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
     tokio::spawn(power::watch_control_port(power_tx.clone()));
     tokio::spawn(power::watch_power_button(power_tx));
@@ -277,13 +280,21 @@ async fn boot(started: u64) -> ! {
         tokio::select! {
             () = recv(&mut sigchld) => {
                 for s in power::reap() {
-                    log::debug!("reaped {s:?}");
+                    let ours = supervisor.as_mut().is_some_and(|sup| sup.on_exit(s, uptime_ms()));
+                    if !ours {
+                        log::debug!("reaped {s:?}");
+                    }
                 }
             }
-            () = recv(&mut sigterm) => shutdown::shutdown(Action::Poweroff, "SIGTERM", &mut net).await,
-            () = recv(&mut sigint) => shutdown::shutdown(Action::Reboot, "SIGINT (ctrl-alt-del)", &mut net).await,
-            () = recv(&mut sigpwr) => shutdown::shutdown(Action::Poweroff, "SIGPWR", &mut net).await,
-            Some(req) = power_rx.recv() => shutdown::shutdown(req.action, &req.reason, &mut net).await,
+            () = until(supervisor.as_ref().and_then(|s| s.next_deadline())) => {
+                if let Some(sup) = supervisor.as_mut() {
+                    sup.on_timer(uptime_ms());
+                }
+            }
+            () = recv(&mut sigterm) => shutdown::shutdown(Action::Poweroff, "SIGTERM", &mut net, supervisor.as_mut()).await,
+            () = recv(&mut sigint) => shutdown::shutdown(Action::Reboot, "SIGINT (ctrl-alt-del)", &mut net, supervisor.as_mut()).await,
+            () = recv(&mut sigpwr) => shutdown::shutdown(Action::Poweroff, "SIGPWR", &mut net, supervisor.as_mut()).await,
+            Some(req) = power_rx.recv() => shutdown::shutdown(req.action, &req.reason, &mut net, supervisor.as_mut()).await,
             Some(ev) = net.next_event() => net.handle(ev),
         }
     }
@@ -297,6 +308,8 @@ async fn report_ready(
     kernel: String,
     modules: Report,
     gathered: sources::Gathered,
+    config_errors: Vec<ros_config::ConfigError>,
+    services: Vec<crate::supervisor::ServiceReport>,
     errors: Vec<String>,
 ) {
     let ready_start = uptime_ms();
@@ -325,7 +338,8 @@ async fn report_ready(
         sysctl: system::read_back(Path::new("/proc/sys"), &gathered.read.data.sysctl),
         modules,
         config_sources: gathered.sources,
-        config_errors: gathered.read.errors,
+        config_errors,
+        services,
         errors,
         init: ready::InitInfo {
             pid: i32::try_from(std::process::id()).unwrap_or(0),

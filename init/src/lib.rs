@@ -5,14 +5,17 @@
 
 pub mod boot;
 pub mod clock;
+pub mod images;
 pub mod kmod;
 pub mod logger;
 pub mod mounts;
 pub mod network;
 pub mod power;
 pub mod ready;
+pub mod services;
 pub mod shutdown;
 pub mod sources;
+pub mod supervisor;
 pub mod switch_root;
 pub mod sys;
 pub mod system;

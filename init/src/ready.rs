@@ -35,6 +35,7 @@ pub struct Ready {
     pub modules: kmod::Report,
     pub config_sources: Vec<SourceStatus>,
     pub config_errors: Vec<ros_config::ConfigError>,
+    pub services: Vec<crate::supervisor::ServiceReport>,
     pub errors: Vec<String>,
     pub init: InitInfo,
 }

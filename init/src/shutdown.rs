@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 
 use crate::network::NetState;
 use crate::power::{Action, reap};
+use crate::supervisor::Supervisor;
 
 /// How long processes get between TERM and KILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -124,8 +125,37 @@ fn unmount_all() {
     }
 }
 
-pub async fn shutdown(action: Action, reason: &str, net: &mut NetState) -> ! {
+/// How long the services get, in all, to stop in order.
+pub const SERVICES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Stops the services in reverse dependency order (each with its stop signal, then SIGKILL
+/// after its stop timeout).
+async fn stop_services(sup: &mut Supervisor) {
+    let now = crate::clock::uptime_ms;
+    sup.stop_all(now());
+    let deadline = tokio::time::Instant::now() + SERVICES_TIMEOUT;
+    while !sup.all_stopped() && tokio::time::Instant::now() < deadline {
+        for s in reap() {
+            sup.on_exit(s, now());
+        }
+        sup.on_timer(now());
+        if sup.all_stopped() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if sup.all_stopped() {
+        log::info!("shutdown: services stopped");
+    } else {
+        log::warn!("shutdown: services still running after {} s", SERVICES_TIMEOUT.as_secs());
+    }
+}
+
+pub async fn shutdown(action: Action, reason: &str, net: &mut NetState, sup: Option<&mut Supervisor>) -> ! {
     log::info!("shutdown: {action} requested by {reason}");
+    if let Some(sup) = sup {
+        stop_services(sup).await;
+    }
     stop_processes().await;
     net.release_all(RELEASE_TIMEOUT).await;
     nix::unistd::sync();

@@ -175,6 +175,8 @@ pub struct Service {
     pub stop_timeout: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syslog: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 const SERVICE_KEYS: &[&str] = &[
@@ -629,6 +631,7 @@ pub fn read_service(w: &mut Walker<'_>, path: &str, node: &Node) -> Service {
             }
             "stop_timeout" => s.stop_timeout = w.parsed(&p, n, "a duration"),
             "syslog" => s.syslog = w.bool(&p, n),
+            "init" => s.init = w.bool(&p, n),
             _ => {}
         }
     }
@@ -687,6 +690,7 @@ impl Service {
         set(&mut self.stop_signal, h.stop_signal);
         set(&mut self.stop_timeout, h.stop_timeout);
         set(&mut self.syslog, h.syslog);
+        set(&mut self.init, h.init);
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -12,6 +12,8 @@ use crate::seccomp::{Profile, SeccompConfig};
 
 /// The bundle annotation that asks for an overlay root (`"true"`).
 pub const OVERLAY_ANNOTATION: &str = "org.ros.rootfs.overlay";
+/// The bundle annotation that asks for the minimal init as PID 1 (`"true"`).
+pub const INIT_ANNOTATION: &str = "org.ros.init";
 
 /// How a container gets a namespace of one kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +208,8 @@ pub struct Config {
     /// In order; destinations are absolute paths in the container.
     pub mounts: Vec<MountSpec>,
     pub devices: Vec<Device>,
+    /// More links in the container's `/dev` (target, link), e.g. `/dev/log`.
+    pub dev_symlinks: Vec<(String, String)>,
     pub process: Process,
     /// cgroup path relative to the cgroup v2 root, e.g. `ros/console`.
     pub cgroup_path: PathBuf,
@@ -215,6 +219,9 @@ pub struct Config {
     pub readonly_paths: Vec<String>,
     /// sysctls written in the container's namespaces.
     pub sysctl: Vec<(String, String)>,
+    /// Run a minimal init as PID 1 that passes signals on and reaps orphans (as `docker run
+    /// --init`); see [`crate::process`].
+    pub init: bool,
 }
 
 /// The mounts every container gets (runc's defaults): `/proc`, `/dev` and what goes in it,
@@ -514,11 +521,8 @@ impl Config {
 
         // ros's extension: the bundle's root as the lower layer of an overlay whose writable
         // layer is a tmpfs that lives as long as the container.
-        let overlay = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(OVERLAY_ANNOTATION))
-            .is_some_and(|v| v == "true");
+        let annotation = |key: &str| spec.annotations().as_ref().and_then(|a| a.get(key)).is_some_and(|v| v == "true");
+        let overlay = annotation(OVERLAY_ANNOTATION);
         let rootfs = if overlay {
             Rootfs::Overlay {
                 lower: vec![root_path],
@@ -537,6 +541,7 @@ impl Config {
             hostname: spec.hostname().clone(),
             mounts,
             devices,
+            dev_symlinks: Vec::new(),
             process: Process {
                 args: process.args().clone().unwrap_or_default(),
                 env: process.env().clone().unwrap_or_default(),
@@ -563,6 +568,7 @@ impl Config {
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            init: annotation(INIT_ANNOTATION),
         };
         cfg.validate()?;
         Ok(cfg)

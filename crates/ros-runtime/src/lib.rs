@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;

@@ -160,12 +160,14 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
             flags |= MsFlags::MS_RDONLY;
         }
         if m.fstype == "sysfs" && cfg.namespaces.net != NsMode::New {
-            // A sysfs of the host's network namespace: bind the host's, read-only.
+            // A sysfs of the host's network namespace: bind the host's, read-only. Not
+            // recursively: the host's cgroup2 mount would come along, and the container's own
+            // cgroup2 mount on the same place would then fail with EBUSY.
             steps.push(Step::Mount {
                 source: "/sys".into(),
                 target: target.clone(),
                 fstype: "bind".into(),
-                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                flags: MsFlags::MS_BIND,
                 data: String::new(),
             });
             steps.push(Step::RemountBind {
@@ -235,6 +237,12 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
         ] {
             steps.push(Step::Symlink {
                 target: target.into(),
+                link: join(&root, link),
+            });
+        }
+        for (target, link) in &cfg.dev_symlinks {
+            steps.push(Step::Symlink {
+                target: target.clone(),
                 link: join(&root, link),
             });
         }
@@ -504,6 +512,7 @@ mod tests {
             hostname: Some("c1".into()),
             mounts: default_mounts(),
             devices: default_devices(),
+            dev_symlinks: vec![("/run/syslog/log".into(), "/dev/log".into())],
             process: Process {
                 args: vec!["/bin/true".into()],
                 env: vec![],
@@ -521,6 +530,7 @@ mod tests {
             masked_paths: vec!["/proc/kcore".into()],
             readonly_paths: vec!["/proc/sys".into()],
             sysctl: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            init: false,
         }
     }
 
@@ -590,6 +600,7 @@ mod tests {
             pos("mount tmpfs /run/ros/c1/root/dev") < pos("mount devpts /run/ros/c1/root/dev/pts")
         );
         assert!(pos("mknod /run/ros/c1/root/dev/null") < pos("pivot_root /run/ros/c1/root"));
+        assert!(pos("symlink /run/ros/c1/root/dev/log") < pos("pivot_root /run/ros/c1/root"));
         assert!(pos("pivot_root /run/ros/c1/root") < pos("sysctl net.ipv4.ip_forward"));
         assert!(pos("sysctl net.ipv4.ip_forward") < pos("readonly /proc/sys"));
         assert!(pos("mask /proc/kcore") < pos("remount /"));

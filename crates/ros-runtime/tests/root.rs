@@ -315,6 +315,30 @@ fn exit_codes_and_signals_come_back() {
 }
 
 #[test]
+fn the_init_shim_passes_the_stop_signal_on() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&["/bin/sleep", "100"]);
+    b.config["annotations"] = json!({"org.ros.init": "true"});
+    std::fs::write(b.path().join("config.json"), b.config.to_string()).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .args(["run", "--bundle"])
+        .arg(b.path())
+        .arg("--root")
+        .arg(b.path().join("run"))
+        .arg(id("shim"))
+        .spawn()
+        .expect("run");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    let t = std::time::Instant::now();
+    let status = child.wait().expect("wait");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "sleep ignored SIGTERM");
+    assert_eq!(status.code(), Some(128 + 15), "sleep as PID 2 dies of SIGTERM, the shim reports it");
+}
+
+#[test]
 fn masked_and_read_only_paths() {
     if !root() {
         return;

@@ -168,7 +168,22 @@ fn apply(offset: f64) -> Result<&'static str, String> {
     }
 }
 
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe; nothing is buffered (log lines are written at once).
+    unsafe { libc::_exit(0) }
+}
+
+/// As PID 1 of its container, the service gets only the signals it handles: without this, its
+/// stop signal would be ignored and the supervisor would have to kill it.
+fn handle_stop_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: on_term is an extern "C" handler that only calls _exit.
+        unsafe { libc::signal(sig, on_term as *const () as libc::sighandler_t) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    handle_stop_signals();
     let mut interval = 64u64;
     let mut once = false;
     let mut servers = Vec::new();

@@ -141,7 +141,22 @@ fn run(socket: PathBuf, kmsg: PathBuf, dir: PathBuf) -> std::io::Result<()> {
     }
 }
 
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe; nothing is buffered (log lines are written at once).
+    unsafe { libc::_exit(0) }
+}
+
+/// As PID 1 of its container, the service gets only the signals it handles: without this, its
+/// stop signal would be ignored and the supervisor would have to kill it.
+fn handle_stop_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: on_term is an extern "C" handler that only calls _exit.
+        unsafe { libc::signal(sig, on_term as *const () as libc::sighandler_t) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    handle_stop_signals();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [socket, kmsg, dir] = args.as_slice() else {
         eprintln!("usage: ros-syslog SOCKET KMSG DIR");

@@ -1,0 +1,122 @@
+//! Running something inside a running container (health checks, later `ros` commands): a helper
+//! process joins the container's cgroup and namespaces, then forks once more, so that the PID
+//! namespace applies, and the command runs with the container's own ids, capabilities,
+//! no_new_privs and seccomp filter. The helper ends with the command's status, so the caller's
+//! reaper sees the result. Callers must be single-threaded at the call, as for [`crate::spawn`].
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::sched::CloneFlags;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+
+use crate::cgroup::Cgroup;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::seccomp::{Profile, SeccompConfig};
+
+/// The namespaces of `pid` that differ from the caller's, opened, mount namespace last.
+fn namespaces(pid: i32) -> Result<Vec<(OwnedFd, CloneFlags)>> {
+    let mut out = Vec::new();
+    for (name, flag) in [
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let same = std::fs::read_link(&theirs).ok() == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if same {
+            continue;
+        }
+        let f = std::fs::File::open(&theirs).map_err(|e| Error::Spawn(format!("opening {theirs}: {e}")))?;
+        out.push((OwnedFd::from(f), flag));
+    }
+    Ok(out)
+}
+
+fn exit_code(s: nix::Result<WaitStatus>) -> i32 {
+    match s {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        _ => 127,
+    }
+}
+
+/// Starts `args` in the container whose first process is `pid`, with `cfg`'s process settings.
+/// Returns the helper's pid; its exit status is the command's.
+pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> Result<i32> {
+    if args.is_empty() {
+        return Err(Error::Config("nothing to run".into()));
+    }
+    let ns = namespaces(pid)?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.path.join("cgroup.procs"))
+        .map_err(|e| Error::Spawn(format!("opening the container's cgroup: {e}")))?;
+    let programs = match &cfg.seccomp {
+        SeccompConfig::None => Vec::new(),
+        SeccompConfig::Default => {
+            Profile::default_for(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..])).compile()?
+        }
+        SeccompConfig::Profile(p) => p.compile()?,
+    };
+    let mut run = cfg.clone();
+    run.process.args = args;
+    // SAFETY: the caller is single-threaded; the child makes system calls and then execs or
+    // exits with _exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+        Ok(ForkResult::Child) => {
+            let code = (|| -> std::result::Result<i32, String> {
+                (&procs).write_all(b"0").map_err(|e| format!("joining the cgroup: {e}"))?;
+                for (fd, kind) in &ns {
+                    nix::sched::setns(fd, *kind).map_err(|e| format!("joining {kind:?}: {e}"))?;
+                }
+                // SAFETY: as above, in the single-threaded helper.
+                match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+                    ForkResult::Child => {
+                        let err = crate::process::exec(&run, &programs);
+                        let _ = std::io::stderr().write_all(format!("exec in container: {err}\n").as_bytes());
+                        // SAFETY: _exit ends the process without unwinding.
+                        unsafe { libc::_exit(127) }
+                    }
+                    ForkResult::Parent { child } => Ok(exit_code(waitpid(child, None))),
+                }
+            })()
+            .unwrap_or_else(|e| {
+                let _ = std::io::stderr().write_all(format!("{e}\n").as_bytes());
+                126
+            });
+            // SAFETY: _exit ends the helper without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        Err(e) => Err(Error::Spawn(format!("fork: {e}"))),
+    }
+}
+
+/// Starts a helper that connects to TCP `port` on the loopback of the network namespace of
+/// `pid`; it exits 0 when the connection is made within `timeout`.
+pub fn spawn_tcp_probe(pid: i32, port: u16, timeout: Duration) -> Result<i32> {
+    let net = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::Spawn(format!("opening /proc/{pid}/ns/net: {e}")))?;
+    // SAFETY: as in spawn_in.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+        Ok(ForkResult::Child) => {
+            let ok = nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).is_ok()
+                && ["127.0.0.1", "[::1]"].iter().any(|host| {
+                    format!("{host}:{port}")
+                        .parse()
+                        .is_ok_and(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+                });
+            // SAFETY: _exit ends the helper without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Err(e) => Err(Error::Spawn(format!("fork: {e}"))),
+    }
+}

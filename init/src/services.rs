@@ -1,0 +1,145 @@
+//! The services phase of the boot: what containers need (modules, the root off the initramfs
+//! mount, the image store, the folders and files services mount), the service definitions (the
+//! image's, then the user-data's over them), and the supervisor started.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ros_config::{ConfigError, Service, UserData};
+use ros_runtime::SpawnOptions;
+
+use crate::images::{self, ImageStore};
+use crate::kmod::Loader;
+use crate::mounts;
+use crate::supervisor::Supervisor;
+use crate::supervisor::spec::Paths;
+use crate::switch_root;
+use crate::sys::Sys;
+
+/// Modules containers need: overlayfs for roots, loop and erofs for image layers.
+pub const CONTAINER_MODULES: &[&str] = &["overlay", "loop", "erofs"];
+
+/// Where the image ships service definitions.
+pub const SHIPPED: &str = "/usr/lib/ros/services";
+
+/// The shipped definitions, each file read as user-data (its errors named by file).
+pub fn shipped(dir: &Path) -> (BTreeMap<String, Service>, Vec<ConfigError>) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut all = UserData::default();
+    let mut errors = Vec::new();
+    for f in files {
+        let source = format!("image:{}", f.display());
+        match std::fs::read_to_string(&f) {
+            Ok(text) => {
+                let r = ros_config::from_toml(&source, &text);
+                errors.extend(r.errors);
+                all.merge(r.data);
+            }
+            Err(e) => errors.push(ConfigError::new(&source, ros_config::Pos::default(), "", format!("cannot read: {e}"))),
+        }
+    }
+    (all.services, errors)
+}
+
+/// Writes the user-data's SSH keys where the console service mounts them from.
+fn authorized_keys(paths: &Paths, keys: Option<&[String]>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = paths.run.join("ssh");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = dir.join("authorized_keys");
+    let mut text = String::new();
+    for k in keys.into_iter().flatten() {
+        text.push_str(k);
+        text.push('\n');
+    }
+    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
+}
+
+/// Everything before the first container, then the supervisor, started. Problems go to
+/// `errors` (runtime) and `config_errors` (definitions); the boot goes on without services
+/// when containers cannot run at all.
+pub fn start(
+    sys: &dyn Sys,
+    loader: Option<&mut Loader>,
+    cfg: &UserData,
+    now: u64,
+    errors: &mut Vec<String>,
+    config_errors: &mut Vec<ConfigError>,
+) -> Option<Supervisor> {
+    if let Some(l) = loader {
+        let names: Vec<String> = CONTAINER_MODULES.iter().map(|s| s.to_string()).collect();
+        l.load(sys, &names);
+    }
+    let tops: Vec<&str> = mounts::MOUNTS
+        .iter()
+        .map(|m| m.target)
+        .filter(|t| t.matches('/').count() == 1)
+        .collect();
+    log::debug!("services: modules loaded at {} ms", crate::clock::uptime_ms());
+    if let Err(e) = switch_root::switch(&tops) {
+        errors.push(format!("root: {e}; containers cannot start"));
+        return None;
+    }
+    let paths = Paths::system();
+    for d in [paths.run.join("containers"), paths.run.join("syslog"), paths.logs.join("services"), paths.state.clone()] {
+        if let Err(e) = std::fs::create_dir_all(&d) {
+            errors.push(format!("creating {}: {e}", d.display()));
+        }
+    }
+    if let Err(e) = authorized_keys(&paths, cfg.ssh_authorized_keys.as_deref()) {
+        errors.push(format!("ssh keys: {e}"));
+    }
+    log::debug!("services: root switched at {} ms", crate::clock::uptime_ms());
+    let store = match ImageStore::open(Path::new(images::STORE), Path::new(images::MOUNTS)) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(format!("images: {e}"));
+            return None;
+        }
+    };
+    log::debug!("services: images read at {} ms", crate::clock::uptime_ms());
+    let (mut services, shipped_errors) = shipped(Path::new(SHIPPED));
+    config_errors.extend(shipped_errors);
+    for (name, s) in &cfg.services {
+        services.entry(name.clone()).or_default().merge(s.clone());
+    }
+    let ntp = cfg
+        .ntp
+        .servers
+        .clone()
+        .unwrap_or_else(|| vec!["pool.ntp.org".into()]);
+    let env = vec![format!("ROS_NTP_SERVERS={}", ntp.join(","))];
+    let opts = SpawnOptions {
+        cgroup_root: "/sys/fs/cgroup".into(),
+        run_root: paths.run.join("containers"),
+    };
+    log::debug!("services: definitions read at {} ms", crate::clock::uptime_ms());
+    let mut sup = Supervisor::new(&services, store, paths, &env, opts);
+    config_errors.append(&mut sup.errors);
+    sup.start(now);
+    Some(sup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_shipped_definitions() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system-services/services");
+        let (services, errors) = shipped(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        for name in ["console", "ntp", "syslog"] {
+            assert!(services.contains_key(name), "{name}");
+        }
+        let (checked, blocked) = ros_config::service::check(
+            &services,
+            &["console", "ntp", "syslog", "busybox"].iter().map(|s| s.to_string()).collect(),
+        );
+        assert!(checked.is_empty() && blocked.is_empty(), "{checked:?}");
+    }
+}
