@@ -121,7 +121,12 @@ fn signal_or_log(kind: SignalKind, name: &str) -> Option<Signal> {
 /// Sleeps until uptime `at` (ms); forever when there is none.
 async fn until(at: Option<u64>) {
     match at {
-        Some(at) => tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(uptime_ms()))).await,
+        Some(at) => {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                at.saturating_sub(uptime_ms()),
+            ))
+            .await
+        }
         None => std::future::pending().await,
     }
 }
@@ -250,7 +255,14 @@ async fn boot(started: u64) -> ! {
 
     let mut config_errors = gathered.read.errors.clone();
     let mut supervisor = tl.phase("services", || {
-        crate::services::start(&sys, loader.as_mut(), cfg, uptime_ms(), &mut errors, &mut config_errors)
+        crate::services::start(
+            &sys,
+            loader.as_mut(),
+            cfg,
+            uptime_ms(),
+            &mut errors,
+            &mut config_errors,
+        )
     });
     for e in &config_errors[gathered.read.errors.len()..] {
         log::error!("config: {e}");
@@ -262,7 +274,15 @@ async fn boot(started: u64) -> ! {
         .unwrap_or_else(Report::default);
     let services = supervisor.as_ref().map(|s| s.report()).unwrap_or_default();
     report_ready(
-        &mut tl, &mut net, &hostname, kernel, modules, gathered, config_errors, services, errors,
+        &mut tl,
+        &mut net,
+        &hostname,
+        kernel,
+        modules,
+        gathered,
+        config_errors,
+        services,
+        errors,
     )
     .await;
 

@@ -41,7 +41,8 @@ fn blob(root: &Path, digest: &str) -> PathBuf {
 impl ImageStore {
     /// Reads the images under `root` (`/usr/lib/ros`); layers are mounted under `mounts`.
     pub fn open(root: &Path, mounts: &Path) -> Result<ImageStore, String> {
-        let index = ImageIndex::from_file(root.join("oci/index.json")).map_err(|e| format!("reading the image index: {e}"))?;
+        let index = ImageIndex::from_file(root.join("oci/index.json"))
+            .map_err(|e| format!("reading the image index: {e}"))?;
         let mut images = BTreeMap::new();
         for m in index.manifests() {
             let Some(name) = m
@@ -51,10 +52,11 @@ impl ImageStore {
             else {
                 continue;
             };
-            let manifest = ImageManifest::from_file(blob(root, &m.digest().to_string()))
+            let manifest = ImageManifest::from_file(blob(root, m.digest().as_ref()))
                 .map_err(|e| format!("image {name}: manifest: {e}"))?;
-            let config = ImageConfiguration::from_file(blob(root, &manifest.config().digest().to_string()))
-                .map_err(|e| format!("image {name}: config: {e}"))?;
+            let config =
+                ImageConfiguration::from_file(blob(root, manifest.config().digest().as_ref()))
+                    .map_err(|e| format!("image {name}: config: {e}"))?;
             let c = config.config().clone().unwrap_or_default();
             images.insert(
                 name.clone(),
@@ -92,7 +94,12 @@ impl ImageStore {
     /// The folders of an image's layers, topmost first (as overlayfs wants them), mounting what
     /// is not mounted yet.
     pub fn lower_dirs(&mut self, name: &str) -> Result<Vec<PathBuf>, String> {
-        let layers = self.images.get(name).ok_or_else(|| format!("there is no image `{name}`"))?.layers.clone();
+        let layers = self
+            .images
+            .get(name)
+            .ok_or_else(|| format!("there is no image `{name}`"))?
+            .layers
+            .clone();
         let mut out = Vec::new();
         for hex in layers.iter().rev() {
             out.push(self.layer(hex)?);
@@ -110,7 +117,8 @@ impl ImageStore {
         } else {
             let file = self.root.join("layers").join(format!("{hex}.erofs"));
             let target = self.mounts.join(hex);
-            std::fs::create_dir_all(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+            std::fs::create_dir_all(&target)
+                .map_err(|e| format!("creating {}: {e}", target.display()))?;
             mount_erofs(&file, &target).map_err(|e| format!("layer {hex}: {e}"))?;
             target
         };
@@ -154,7 +162,8 @@ struct LoopConfig {
 /// Attaches `file` read-only to a free loop device (detached again when unmounted) and mounts
 /// its erofs at `target`.
 pub fn mount_erofs(file: &Path, target: &Path) -> Result<(), String> {
-    let backing = std::fs::File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
+    let backing =
+        std::fs::File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
     let ctl = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -163,7 +172,10 @@ pub fn mount_erofs(file: &Path, target: &Path) -> Result<(), String> {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
     let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
     if n < 0 {
-        return Err(format!("no free loop device: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "no free loop device: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let dev_path = format!("/dev/loop{n}");
     let dev = std::fs::File::open(&dev_path).map_err(|e| format!("opening {dev_path}: {e}"))?;
@@ -193,7 +205,11 @@ pub fn mount_erofs(file: &Path, target: &Path) -> Result<(), String> {
     };
     // SAFETY: cfg is a valid loop_config for the call; the kernel copies it.
     if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE as _, &raw const cfg) } < 0 {
-        return Err(format!("attaching {} to {dev_path}: {}", file.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "attaching {} to {dev_path}: {}",
+            file.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     nix::mount::mount(
         Some(dev_path.as_str()),

@@ -181,6 +181,12 @@ pub async fn watch_power_button(tx: mpsc::UnboundedSender<Request>) {
             }
         });
     }
+    if !tasks.is_empty() {
+        log::info!(
+            "power: watching {} input devices for the power button",
+            tasks.len()
+        );
+    }
     futures::future::join_all(tasks).await;
 }
 

@@ -25,7 +25,12 @@ pub const SHIPPED: &str = "/usr/lib/ros/services";
 /// The shipped definitions, each file read as user-data (its errors named by file).
 pub fn shipped(dir: &Path) -> (BTreeMap<String, Service>, Vec<ConfigError>) {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     let mut all = UserData::default();
@@ -38,7 +43,12 @@ pub fn shipped(dir: &Path) -> (BTreeMap<String, Service>, Vec<ConfigError>) {
                 errors.extend(r.errors);
                 all.merge(r.data);
             }
-            Err(e) => errors.push(ConfigError::new(&source, ros_config::Pos::default(), "", format!("cannot read: {e}"))),
+            Err(e) => errors.push(ConfigError::new(
+                &source,
+                ros_config::Pos::default(),
+                "",
+                format!("cannot read: {e}"),
+            )),
         }
     }
     (all.services, errors)
@@ -56,7 +66,8 @@ fn authorized_keys(paths: &Paths, keys: Option<&[String]>) -> Result<(), String>
         text.push('\n');
     }
     std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())
 }
 
 /// Everything before the first container, then the supervisor, started. Problems go to
@@ -79,13 +90,21 @@ pub fn start(
         .map(|m| m.target)
         .filter(|t| t.matches('/').count() == 1)
         .collect();
-    log::debug!("services: modules loaded at {} ms", crate::clock::uptime_ms());
+    log::debug!(
+        "services: modules loaded at {} ms",
+        crate::clock::uptime_ms()
+    );
     if let Err(e) = switch_root::switch(&tops) {
         errors.push(format!("root: {e}; containers cannot start"));
         return None;
     }
     let paths = Paths::system();
-    for d in [paths.run.join("containers"), paths.run.join("syslog"), paths.logs.join("services"), paths.state.clone()] {
+    for d in [
+        paths.run.join("containers"),
+        paths.run.join("syslog"),
+        paths.logs.join("services"),
+        paths.state.clone(),
+    ] {
         if let Err(e) = std::fs::create_dir_all(&d) {
             errors.push(format!("creating {}: {e}", d.display()));
         }
@@ -93,7 +112,10 @@ pub fn start(
     if let Err(e) = authorized_keys(&paths, cfg.ssh_authorized_keys.as_deref()) {
         errors.push(format!("ssh keys: {e}"));
     }
-    log::debug!("services: root switched at {} ms", crate::clock::uptime_ms());
+    log::debug!(
+        "services: root switched at {} ms",
+        crate::clock::uptime_ms()
+    );
     let store = match ImageStore::open(Path::new(images::STORE), Path::new(images::MOUNTS)) {
         Ok(s) => s,
         Err(e) => {
@@ -117,7 +139,10 @@ pub fn start(
         cgroup_root: "/sys/fs/cgroup".into(),
         run_root: paths.run.join("containers"),
     };
-    log::debug!("services: definitions read at {} ms", crate::clock::uptime_ms());
+    log::debug!(
+        "services: definitions read at {} ms",
+        crate::clock::uptime_ms()
+    );
     let mut sup = Supervisor::new(&services, store, paths, &env, opts);
     config_errors.append(&mut sup.errors);
     sup.start(now);
@@ -138,7 +163,10 @@ mod tests {
         }
         let (checked, blocked) = ros_config::service::check(
             &services,
-            &["console", "ntp", "syslog", "busybox"].iter().map(|s| s.to_string()).collect(),
+            &["console", "ntp", "syslog", "busybox"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         );
         assert!(checked.is_empty() && blocked.is_empty(), "{checked:?}");
     }

@@ -147,11 +147,19 @@ async fn stop_services(sup: &mut Supervisor) {
     if sup.all_stopped() {
         log::info!("shutdown: services stopped");
     } else {
-        log::warn!("shutdown: services still running after {} s", SERVICES_TIMEOUT.as_secs());
+        log::warn!(
+            "shutdown: services still running after {} s",
+            SERVICES_TIMEOUT.as_secs()
+        );
     }
 }
 
-pub async fn shutdown(action: Action, reason: &str, net: &mut NetState, sup: Option<&mut Supervisor>) -> ! {
+pub async fn shutdown(
+    action: Action,
+    reason: &str,
+    net: &mut NetState,
+    sup: Option<&mut Supervisor>,
+) -> ! {
     log::info!("shutdown: {action} requested by {reason}");
     if let Some(sup) = sup {
         stop_services(sup).await;

@@ -91,3 +91,118 @@ pub fn strings(v: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; QEMU binds it right after).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// An ed25519 key pair made with ssh-keygen, in its own folder.
+#[derive(Debug)]
+pub struct SshKey {
+    _dir: tempfile::TempDir,
+    pub private: PathBuf,
+    pub public: String,
+}
+
+impl SshKey {
+    pub fn new() -> Result<SshKey> {
+        let dir = tempfile::tempdir()?;
+        let private = dir.path().join("id_ed25519");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ros-test", "-f"])
+            .arg(&private)
+            .output()
+            .context("running ssh-keygen (apt-get install openssh-client)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = std::fs::read_to_string(private.with_extension("pub"))?
+            .trim()
+            .to_string();
+        Ok(SshKey {
+            _dir: dir,
+            private,
+            public,
+        })
+    }
+
+    /// Runs `cmd` as root over SSH on 127.0.0.1:`port`, retrying the connection until
+    /// `timeout` (the server may still be starting). Returns stdout; fails on a non-zero exit.
+    pub fn run(&self, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = std::process::Command::new("ssh")
+                .args(["-p", &port.to_string(), "-i"])
+                .arg(&self.private)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-o",
+                    "ConnectTimeout=10",
+                    "-o",
+                    "BatchMode=yes",
+                    "root@127.0.0.1",
+                    cmd,
+                ])
+                .output()?;
+            // 255: ssh itself failed (no connection yet); anything else is the command's.
+            if out.status.code() != Some(255) {
+                anyhow::ensure!(
+                    out.status.success(),
+                    "`{cmd}` failed ({}): {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "no SSH connection on port {port}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// `GET /` over HTTP/1.0 on 127.0.0.1:`port`; the body.
+pub fn http_get(port: u16, timeout: Duration) -> Result<String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = (|| -> Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: ros\r\n\r\n")?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            let (head, body) = r.split_once("\r\n\r\n").context("no HTTP header")?;
+            anyhow::ensure!(
+                head.starts_with("HTTP/1.") && head.contains(" 200 "),
+                "{head}"
+            );
+            Ok(body.to_string())
+        })();
+        match attempt {
+            Ok(b) => return Ok(b),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The position of `needle` in `text`, for order checks.
+pub fn at(text: &str, needle: &str) -> Result<usize> {
+    text.find(needle)
+        .with_context(|| format!("`{needle}` is not in the console"))
+}

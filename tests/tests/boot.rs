@@ -137,7 +137,7 @@ fn full_user_data(arch: Arch) -> Result<()> {
     assert_eq!(
         phases,
         [
-            "start", "mounts", "modules", "config", "system", "network", "ready"
+            "start", "mounts", "modules", "config", "system", "network", "services", "ready"
         ]
     );
     Ok(())
@@ -304,7 +304,6 @@ fn ends_cleanly(g: &mut Guest, action: &str) -> Result<String> {
 fn poweroff_is_clean(arch: Arch) -> Result<()> {
     let (mut g, r) = boot_ready(&config(arch)?)?;
     assert_eq!(interface(&r, "eth0").context("eth0")?["state"], "dhcp");
-    g.wait_for("root: pivot_root works", READY_TIMEOUT)?;
     g.poweroff()?;
     let console = ends_cleanly(&mut g, "poweroff")?;
     let after_ready = console.split("ros: ready ").nth(1).unwrap_or_default();
@@ -334,8 +333,7 @@ fn reboot_request_reboots(arch: Arch) -> Result<()> {
 fn acpi_power_button(arch: Arch) -> Result<()> {
     let (mut g, _) = boot_ready(&config(arch)?)?;
     // The button's modules load right after the ready line.
-    g.wait_for("root: pivot_root works", READY_TIMEOUT)?;
-    std::thread::sleep(Duration::from_millis(500));
+    g.wait_for("power: watching", READY_TIMEOUT)?;
     g.qmp("system_powerdown")?;
     let console = ends_cleanly(&mut g, "poweroff")?;
     assert!(

@@ -521,7 +521,12 @@ impl Config {
 
         // ros's extension: the bundle's root as the lower layer of an overlay whose writable
         // layer is a tmpfs that lives as long as the container.
-        let annotation = |key: &str| spec.annotations().as_ref().and_then(|a| a.get(key)).is_some_and(|v| v == "true");
+        let annotation = |key: &str| {
+            spec.annotations()
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .is_some_and(|v| v == "true")
+        };
         let overlay = annotation(OVERLAY_ANNOTATION);
         let rootfs = if overlay {
             Rootfs::Overlay {

@@ -29,11 +29,13 @@ fn namespaces(pid: i32) -> Result<Vec<(OwnedFd, CloneFlags)>> {
         ("mnt", CloneFlags::CLONE_NEWNS),
     ] {
         let theirs = format!("/proc/{pid}/ns/{name}");
-        let same = std::fs::read_link(&theirs).ok() == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        let same = std::fs::read_link(&theirs).ok()
+            == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
         if same {
             continue;
         }
-        let f = std::fs::File::open(&theirs).map_err(|e| Error::Spawn(format!("opening {theirs}: {e}")))?;
+        let f = std::fs::File::open(&theirs)
+            .map_err(|e| Error::Spawn(format!("opening {theirs}: {e}")))?;
         out.push((OwnedFd::from(f), flag));
     }
     Ok(out)
@@ -61,7 +63,8 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
     let programs = match &cfg.seccomp {
         SeccompConfig::None => Vec::new(),
         SeccompConfig::Default => {
-            Profile::default_for(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..])).compile()?
+            Profile::default_for(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))
+                .compile()?
         }
         SeccompConfig::Profile(p) => p.compile()?,
     };
@@ -73,7 +76,9 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(ForkResult::Child) => {
             let code = (|| -> std::result::Result<i32, String> {
-                (&procs).write_all(b"0").map_err(|e| format!("joining the cgroup: {e}"))?;
+                (&procs)
+                    .write_all(b"0")
+                    .map_err(|e| format!("joining the cgroup: {e}"))?;
                 for (fd, kind) in &ns {
                     nix::sched::setns(fd, *kind).map_err(|e| format!("joining {kind:?}: {e}"))?;
                 }
@@ -81,7 +86,8 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Child => {
                         let err = crate::process::exec(&run, &programs);
-                        let _ = std::io::stderr().write_all(format!("exec in container: {err}\n").as_bytes());
+                        let _ = std::io::stderr()
+                            .write_all(format!("exec in container: {err}\n").as_bytes());
                         // SAFETY: _exit ends the process without unwinding.
                         unsafe { libc::_exit(127) }
                     }
@@ -110,9 +116,9 @@ pub fn spawn_tcp_probe(pid: i32, port: u16, timeout: Duration) -> Result<i32> {
         Ok(ForkResult::Child) => {
             let ok = nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).is_ok()
                 && ["127.0.0.1", "[::1]"].iter().any(|host| {
-                    format!("{host}:{port}")
-                        .parse()
-                        .is_ok_and(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+                    format!("{host}:{port}").parse().is_ok_and(|addr| {
+                        std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()
+                    })
                 });
             // SAFETY: _exit ends the helper without running the parent's exit handlers.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }

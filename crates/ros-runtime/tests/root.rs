@@ -331,11 +331,22 @@ fn the_init_shim_passes_the_stop_signal_on() {
         .spawn()
         .expect("run");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
     let t = std::time::Instant::now();
     let status = child.wait().expect("wait");
-    assert!(t.elapsed() < std::time::Duration::from_secs(5), "sleep ignored SIGTERM");
-    assert_eq!(status.code(), Some(128 + 15), "sleep as PID 2 dies of SIGTERM, the shim reports it");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "sleep ignored SIGTERM"
+    );
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "sleep as PID 2 dies of SIGTERM, the shim reports it"
+    );
 }
 
 #[test]

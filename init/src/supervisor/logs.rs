@@ -49,7 +49,11 @@ impl ServiceLog {
     }
 
     pub fn tail(&self, n: usize) -> Vec<String> {
-        self.ring.iter().skip(self.ring.len().saturating_sub(n)).cloned().collect()
+        self.ring
+            .iter()
+            .skip(self.ring.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 }
 
@@ -58,7 +62,9 @@ pub fn capture(fd: OwnedFd, stream: &'static str, log: Shared) {
     let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0);
     let _ = nix::fcntl::fcntl(
         &fd,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+        nix::fcntl::FcntlArg::F_SETFL(
+            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+        ),
     );
     // SAFETY: the OwnedFd keeps its descriptor open and unchanged for the AsyncFd's life.
     let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else {
@@ -89,7 +95,10 @@ pub fn capture(fd: OwnedFd, stream: &'static str, log: Shared) {
             while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=i).collect();
                 if let Ok(mut l) = log.lock() {
-                    l.push(stream, String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'));
+                    l.push(
+                        stream,
+                        String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'),
+                    );
                 }
             }
             // A line longer than the buffer is cut rather than held forever.
@@ -123,7 +132,11 @@ mod tests {
         assert_eq!(l.ring.len(), RING_LINES);
         assert!(l.tail(1)[0].ends_with("out: line 1009"));
         let file = std::fs::read_to_string(tmp.path().join("s.log")).expect("file");
-        assert!(file.lines().last().is_some_and(|x| x.ends_with("out: line 1009")));
+        assert!(
+            file.lines()
+                .last()
+                .is_some_and(|x| x.ends_with("out: line 1009"))
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -141,6 +154,11 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let tail = log.lock().expect("lock").tail(3);
-        assert!(tail[0].ends_with("err: one") && tail[1].ends_with("err: two") && tail[2].ends_with("err: partial"), "{tail:?}");
+        assert!(
+            tail[0].ends_with("err: one")
+                && tail[1].ends_with("err: two")
+                && tail[2].ends_with("err: partial"),
+            "{tail:?}"
+        );
     }
 }

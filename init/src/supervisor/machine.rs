@@ -76,14 +76,21 @@ pub enum State {
     Starting,
     Running,
     /// Restarting at `until_ms`.
-    Backoff { until_ms: u64 },
+    Backoff {
+        until_ms: u64,
+    },
     /// A one-shot that exited 0.
     Completed,
     /// Ended, and its policy does not restart it.
     Exited,
     /// Cannot run: a config error, or its container could not start and is not retried.
-    Failed { reason: String },
-    Stopping { deadline_ms: u64, killed: bool },
+    Failed {
+        reason: String,
+    },
+    Stopping {
+        deadline_ms: u64,
+        killed: bool,
+    },
     Stopped,
 }
 
@@ -104,11 +111,17 @@ impl State {
 
     /// Nothing runs and nothing will without a new start.
     pub fn is_final(&self) -> bool {
-        matches!(self, State::Completed | State::Exited | State::Failed { .. } | State::Stopped)
+        matches!(
+            self,
+            State::Completed | State::Exited | State::Failed { .. } | State::Stopped
+        )
     }
 
     fn runs(&self) -> bool {
-        matches!(self, State::Starting | State::Running | State::Stopping { .. })
+        matches!(
+            self,
+            State::Starting | State::Running | State::Stopping { .. }
+        )
     }
 }
 
@@ -163,7 +176,11 @@ pub enum Cmd {
     /// Start the service's container; answer with [`Machine::started`] or
     /// [`Machine::start_failed`].
     Start(String),
-    Signal { name: String, pid: i32, signal: i32 },
+    Signal {
+        name: String,
+        pid: i32,
+        signal: i32,
+    },
     /// SIGKILL to everything in the service's cgroup.
     Kill(String),
     /// Its container is gone: release what it held.
@@ -171,7 +188,10 @@ pub enum Cmd {
     /// Run a health check; answer with [`Machine::health_started`].
     Check(String),
     /// Kill a health check that ran out of time.
-    KillCheck { name: String, pid: i32 },
+    KillCheck {
+        name: String,
+        pid: i32,
+    },
     /// A line for the log.
     Note(String),
 }
@@ -208,7 +228,10 @@ impl Machine {
                 (svc.policy.name.clone(), svc)
             })
             .collect();
-        Machine { svcs, stopping: false }
+        Machine {
+            svcs,
+            stopping: false,
+        }
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Svc> {
@@ -226,9 +249,10 @@ impl Machine {
 
     /// A dependency is ready when it runs, or, for a one-shot, when it has completed.
     fn deps_ready(&self, s: &Svc) -> bool {
-        s.policy.depends_on.iter().all(|d| {
-            self.svcs.get(d).is_some_and(Svc::ready)
-        })
+        s.policy
+            .depends_on
+            .iter()
+            .all(|d| self.svcs.get(d).is_some_and(Svc::ready))
     }
 
     /// A health check of `name` could not even start: a failed check.
@@ -280,7 +304,9 @@ impl Machine {
 
     /// The container of `name` could not start.
     pub fn start_failed(&mut self, name: &str, error: &str, now: u64) -> Vec<Cmd> {
-        let mut out = vec![Cmd::Note(format!("service {name} failed to start: {error}"))];
+        let mut out = vec![Cmd::Note(format!(
+            "service {name} failed to start: {error}"
+        ))];
         let restart = match self.svcs.get(name) {
             Some(s) => s.policy.restart != Restart::No && !self.stopping,
             None => return Vec::new(),
@@ -304,8 +330,12 @@ impl Machine {
             s.backoff_ms = s.policy.backoff_initial_ms;
         }
         let delay = s.backoff_ms;
-        s.backoff_ms = (s.backoff_ms.saturating_mul(2)).min(s.policy.backoff_max_ms).max(1);
-        s.state = State::Backoff { until_ms: now + delay };
+        s.backoff_ms = (s.backoff_ms.saturating_mul(2))
+            .min(s.policy.backoff_max_ms)
+            .max(1);
+        s.state = State::Backoff {
+            until_ms: now + delay,
+        };
         s.restarts += 1;
         vec![Cmd::Note(format!(
             "service {name} {why}; restart {} in {} ms",
@@ -323,7 +353,12 @@ impl Machine {
         {
             return self.check_done(&name, exit.success(), now);
         }
-        let Some(name) = self.svcs.values().find(|s| s.pid == Some(pid)).map(|s| s.policy.name.clone()) else {
+        let Some(name) = self
+            .svcs
+            .values()
+            .find(|s| s.pid == Some(pid))
+            .map(|s| s.policy.name.clone())
+        else {
             return Vec::new();
         };
         let mut out = vec![Cmd::Cleanup(name.clone())];
@@ -413,11 +448,16 @@ impl Machine {
                 State::Backoff { until_ms } if until_ms <= now && !self.stopping => {
                     s.state = State::Waiting;
                 }
-                State::Stopping { deadline_ms, killed } if deadline_ms <= now => {
+                State::Stopping {
+                    deadline_ms,
+                    killed,
+                } if deadline_ms <= now => {
                     if killed {
                         // SIGKILL did not end it in time: count it stopped.
                         s.state = State::Stopped;
-                        out.push(Cmd::Note(format!("service {name} did not exit after SIGKILL")));
+                        out.push(Cmd::Note(format!(
+                            "service {name} did not exit after SIGKILL"
+                        )));
                         out.push(Cmd::Cleanup(name.clone()));
                     } else {
                         s.state = State::Stopping {
@@ -434,7 +474,10 @@ impl Machine {
                 State::Running => {
                     if let Some((pid, deadline)) = s.health.check {
                         if deadline <= now {
-                            out.push(Cmd::KillCheck { name: name.clone(), pid });
+                            out.push(Cmd::KillCheck {
+                                name: name.clone(),
+                                pid,
+                            });
                             // Counted as a failure when its exit comes in.
                         }
                     } else if s.health.next_ms.is_some_and(|t| t <= now) {
@@ -496,7 +539,10 @@ impl Machine {
         let ready: Vec<String> = self
             .svcs
             .values()
-            .filter(|s| matches!(s.state, State::Running | State::Starting) && !running_dependents(&s.policy.name, &self.svcs))
+            .filter(|s| {
+                matches!(s.state, State::Running | State::Starting)
+                    && !running_dependents(&s.policy.name, &self.svcs)
+            })
             .map(|s| s.policy.name.clone())
             .collect();
         let mut out = Vec::new();
@@ -590,7 +636,10 @@ mod tests {
         p[0].blocked = Some("no image `x`".into());
         let mut m = Machine::new(p);
         assert!(starts(&m.start(0)).is_empty());
-        assert!(matches!(m.get("a").map(|s| &s.state), Some(State::Failed { .. })));
+        assert!(matches!(
+            m.get("a").map(|s| &s.state),
+            Some(State::Failed { .. })
+        ));
         assert_eq!(m.get("b").map(|s| s.state.clone()), Some(State::Waiting));
     }
 
@@ -621,28 +670,49 @@ mod tests {
         m.started("crash", pid, now);
         now += STABLE_MS;
         m.exited(pid, Exit::Signal(9), now);
-        assert_eq!(m.get("crash").map(|s| s.state.clone()), Some(State::Backoff { until_ms: now + 1000 }));
+        assert_eq!(
+            m.get("crash").map(|s| s.state.clone()),
+            Some(State::Backoff {
+                until_ms: now + 1000
+            })
+        );
     }
 
     #[test]
     fn restart_policies() {
-        let mut p = vec![policy("onf", &[]), policy("no", &[]), policy("shot", &[]), policy("after", &["shot"])];
+        let mut p = vec![
+            policy("onf", &[]),
+            policy("no", &[]),
+            policy("shot", &[]),
+            policy("after", &["shot"]),
+        ];
         p[0].restart = Restart::OnFailure;
         p[1].restart = Restart::No;
         p[2].oneshot = true;
         p[2].restart = Restart::No;
         let mut m = Machine::new(p);
-        assert_eq!(starts(&m.start(0)), ["no", "onf", "shot"], "after waits for the one-shot to complete");
+        assert_eq!(
+            starts(&m.start(0)),
+            ["no", "onf", "shot"],
+            "after waits for the one-shot to complete"
+        );
         m.started("onf", 1, 0);
         m.started("no", 2, 0);
         m.started("shot", 3, 0);
         m.exited(1, Exit::Code(0), 5);
-        assert_eq!(m.get("onf").map(|s| s.state.clone()), Some(State::Exited), "on-failure: a clean exit stays down");
+        assert_eq!(
+            m.get("onf").map(|s| s.state.clone()),
+            Some(State::Exited),
+            "on-failure: a clean exit stays down"
+        );
         m.exited(2, Exit::Code(3), 5);
         assert_eq!(m.get("no").map(|s| s.state.clone()), Some(State::Exited));
         assert_eq!(m.get("no").and_then(|s| s.last_exit), Some(Exit::Code(3)));
         let c = m.exited(3, Exit::Code(0), 6);
-        assert_eq!(m.get("shot").map(|s| s.state.clone()), Some(State::Completed));
+        assert_eq!(
+            m.get("shot").map(|s| s.state.clone()),
+            Some(State::Completed)
+        );
         assert_eq!(starts(&c), ["after"]);
     }
 
@@ -656,7 +726,10 @@ mod tests {
         m.started("shot", 3, 0);
         let c = m.exited(3, Exit::Code(1), 1);
         assert!(starts(&c).is_empty());
-        assert_eq!(m.get("after").map(|s| s.state.clone()), Some(State::Waiting));
+        assert_eq!(
+            m.get("after").map(|s| s.state.clone()),
+            Some(State::Waiting)
+        );
     }
 
     #[test]
@@ -667,8 +740,14 @@ mod tests {
         m.start(0);
         m.start_failed("a", "no such image", 0);
         m.start_failed("b", "no such image", 0);
-        assert_eq!(m.get("a").map(|s| s.state.clone()), Some(State::Backoff { until_ms: 1000 }));
-        assert!(matches!(m.get("b").map(|s| &s.state), Some(State::Failed { .. })));
+        assert_eq!(
+            m.get("a").map(|s| s.state.clone()),
+            Some(State::Backoff { until_ms: 1000 })
+        );
+        assert!(matches!(
+            m.get("b").map(|s| &s.state),
+            Some(State::Failed { .. })
+        ));
     }
 
     #[test]
@@ -687,20 +766,38 @@ mod tests {
         m.health_started("web", 60, 1000);
         assert_eq!(m.next_deadline(), Some(1300), "the check's timeout");
         m.exited(60, Exit::Code(0), 1100);
-        assert_eq!(m.get("web").and_then(Svc::health), Some(HealthStatus::Healthy));
+        assert_eq!(
+            m.get("web").and_then(Svc::health),
+            Some(HealthStatus::Healthy)
+        );
         // Two failures in a row: one timed out, one failed.
         assert_eq!(m.timer(2100), [Cmd::Check("web".into())]);
         m.health_started("web", 61, 2100);
-        assert_eq!(m.timer(2400), [Cmd::KillCheck { name: "web".into(), pid: 61 }]);
-        assert!(m.exited(61, Exit::Signal(9), 2401).is_empty(), "one failure is not enough");
+        assert_eq!(
+            m.timer(2400),
+            [Cmd::KillCheck {
+                name: "web".into(),
+                pid: 61
+            }]
+        );
+        assert!(
+            m.exited(61, Exit::Signal(9), 2401).is_empty(),
+            "one failure is not enough"
+        );
         m.timer(3401);
         m.health_started("web", 62, 3401);
         let c = m.exited(62, Exit::Code(1), 3402);
         assert!(c.contains(&Cmd::Kill("web".into())), "{c:?}");
-        assert_eq!(m.get("web").and_then(Svc::health), Some(HealthStatus::Unhealthy));
+        assert_eq!(
+            m.get("web").and_then(Svc::health),
+            Some(HealthStatus::Unhealthy)
+        );
         // The kill ends the process: restarted by its policy.
         m.exited(50, Exit::Signal(9), 3410);
-        assert!(matches!(m.get("web").map(|s| &s.state), Some(State::Backoff { .. })));
+        assert!(matches!(
+            m.get("web").map(|s| &s.state),
+            Some(State::Backoff { .. })
+        ));
     }
 
     #[test]

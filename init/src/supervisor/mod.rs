@@ -67,12 +67,20 @@ fn exit_of(s: WaitStatus) -> Option<(i32, Exit)> {
 impl Supervisor {
     /// Prepares the enabled services of `services` (layered definitions). Definition problems
     /// become errors and keep only the services concerned from starting.
-    pub fn new(services: &BTreeMap<String, Service>, images: ImageStore, paths: Paths, env: &[String], opts: SpawnOptions) -> Supervisor {
+    pub fn new(
+        services: &BTreeMap<String, Service>,
+        images: ImageStore,
+        paths: Paths,
+        env: &[String],
+        opts: SpawnOptions,
+    ) -> Supervisor {
         let (mut errors, blocked) = ros_config::service::check(services, &images.names());
         let mut specs = BTreeMap::new();
         let mut policies = Vec::new();
         for (name, s) in services.iter().filter(|(_, s)| s.is_enabled()) {
-            let mut why = blocked.contains(name).then(|| "its definition has errors (see config_errors)".to_string());
+            let mut why = blocked
+                .contains(name)
+                .then(|| "its definition has errors (see config_errors)".to_string());
             let image = s.image.as_ref().and_then(|i| images.get(&i.value));
             match image.map(|img| spec::resolve(name, s, img, &paths, env, why.clone())) {
                 Some(Ok(spec)) => {
@@ -81,7 +89,12 @@ impl Supervisor {
                     continue;
                 }
                 Some(Err(e)) => {
-                    errors.push(ConfigError::new("services", ros_config::Pos::default(), &format!("services.{name}"), e.clone()));
+                    errors.push(ConfigError::new(
+                        "services",
+                        ros_config::Pos::default(),
+                        &format!("services.{name}"),
+                        e.clone(),
+                    ));
                     why = Some(e);
                 }
                 None => {}
@@ -148,7 +161,9 @@ impl Supervisor {
 
     /// The last `n` lines of a service's output.
     pub fn log_tail(&self, name: &str, n: usize) -> Option<Vec<String>> {
-        self.logs.get(name).and_then(|l| l.lock().ok().map(|l| l.tail(n)))
+        self.logs
+            .get(name)
+            .and_then(|l| l.lock().ok().map(|l| l.tail(n)))
     }
 
     pub fn report(&self) -> Vec<ServiceReport> {
@@ -156,14 +171,21 @@ impl Supervisor {
             .services()
             .map(|s| ServiceReport {
                 name: s.policy.name.clone(),
-                image: self.specs.get(&s.policy.name).map(|x| x.image.clone()).unwrap_or_default(),
+                image: self
+                    .specs
+                    .get(&s.policy.name)
+                    .map(|x| x.image.clone())
+                    .unwrap_or_default(),
                 state: s.state.name(),
                 pid: s.pid,
                 restarts: s.restarts,
                 health: s.health(),
                 last_exit: s.last_exit,
                 oom_kills: self.oom_kills.get(&s.policy.name).copied().unwrap_or(0)
-                    + self.containers.get(&s.policy.name).map_or(0, |c| c.cgroup.oom_kills()),
+                    + self
+                        .containers
+                        .get(&s.policy.name)
+                        .map_or(0, |c| c.cgroup.oom_kills()),
                 detail: match &s.state {
                     State::Failed { reason } => Some(reason.clone()),
                     State::Waiting => {
@@ -214,7 +236,9 @@ impl Supervisor {
                     if let Some(c) = self.containers.remove(&name) {
                         let oom = c.cgroup.oom_kills();
                         if oom > 0 {
-                            log::warn!("service {name}: the OOM killer struck {oom} time(s) (its memory limit)");
+                            log::warn!(
+                                "service {name}: the OOM killer struck {oom} time(s) (its memory limit)"
+                            );
                         }
                         *self.oom_kills.entry(name.clone()).or_default() += oom;
                         if let Err(e) = c.destroy(Duration::from_millis(500)) {
@@ -239,12 +263,16 @@ impl Supervisor {
     fn start_check(&self, name: &str) -> Result<i32, String> {
         let spec = self.specs.get(name).ok_or("unknown service")?;
         let c = self.containers.get(name).ok_or("not running")?;
-        let timeout = Duration::from_millis(spec.policy.health.as_ref().map_or(3000, |h| h.timeout_ms));
+        let timeout =
+            Duration::from_millis(spec.policy.health.as_ref().map_or(3000, |h| h.timeout_ms));
         match &spec.health {
-            Some(HealthCheck::Tcp(port)) => ros_runtime::exec::spawn_tcp_probe(c.pid, *port, timeout).map_err(|e| e.to_string()),
+            Some(HealthCheck::Tcp(port)) => {
+                ros_runtime::exec::spawn_tcp_probe(c.pid, *port, timeout).map_err(|e| e.to_string())
+            }
             Some(HealthCheck::Exec(args)) => {
                 let cfg = self.running_config(name).ok_or("not running")?;
-                ros_runtime::exec::spawn_in(c.pid, &c.cgroup, &cfg, args.clone()).map_err(|e| e.to_string())
+                ros_runtime::exec::spawn_in(c.pid, &c.cgroup, &cfg, args.clone())
+                    .map_err(|e| e.to_string())
             }
             None => Err("no health check".into()),
         }
@@ -258,7 +286,10 @@ impl Supervisor {
         let spec = self.specs.get(name).ok_or("unknown service")?.clone();
         let t = crate::clock::uptime_ms();
         let lower = self.images.lower_dirs(&spec.image)?;
-        log::debug!("service {name}: layers ready in {} ms", crate::clock::uptime_ms() - t);
+        log::debug!(
+            "service {name}: layers ready in {} ms",
+            crate::clock::uptime_ms() - t
+        );
         let mut cfg = spec.config.clone();
         if let Rootfs::Overlay { upper, .. } = &cfg.rootfs {
             cfg.rootfs = Rootfs::Overlay {
@@ -285,12 +316,19 @@ impl Supervisor {
         let log = self
             .logs
             .entry(name.to_string())
-            .or_insert_with(|| logs::ServiceLog::open(&self.paths.logs.join("services").join(format!("{name}.log"))))
+            .or_insert_with(|| {
+                logs::ServiceLog::open(
+                    &self.paths.logs.join("services").join(format!("{name}.log")),
+                )
+            })
             .clone();
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?.into();
+        let null: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into();
         let stdio = Stdio {
             stdin: Some(null),
             stdout: Some(out_w),
@@ -298,7 +336,10 @@ impl Supervisor {
         };
         let t = crate::clock::uptime_ms();
         let container = ros_runtime::spawn(&cfg, stdio, &self.opts).map_err(|e| e.to_string())?;
-        log::debug!("service {name}: container started in {} ms", crate::clock::uptime_ms() - t);
+        log::debug!(
+            "service {name}: container started in {} ms",
+            crate::clock::uptime_ms() - t
+        );
         logs::capture(out_r, "out", log.clone());
         logs::capture(err_r, "err", log);
         let pid = container.pid;
@@ -308,6 +349,9 @@ impl Supervisor {
 
     /// Names of the services that are defined.
     pub fn names(&self) -> BTreeSet<String> {
-        self.machine.services().map(|s| s.policy.name.clone()).collect()
+        self.machine
+            .services()
+            .map(|s| s.policy.name.clone())
+            .collect()
     }
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use ros_config::Service;
 use ros_config::service::{HealthCheck, HostNs, Restart, VolumeSource};
-use ros_runtime::config::{Capabilities, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, default_devices, default_mounts};
+use ros_runtime::config::{
+    Capabilities, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
+    default_devices, default_mounts,
+};
 use ros_runtime::mounts::{MountSpec, parse_options};
 use ros_runtime::{Config, Namespaces, NsMode, Process, Resources, Rootfs, SeccompConfig};
 
@@ -70,15 +73,29 @@ fn bind(source: &Path, target: &str, read_only: bool) -> MountSpec {
 }
 
 fn signal_number(name: &str) -> i32 {
-    name.parse::<nix::sys::signal::Signal>().map_or(libc::SIGTERM, |s| s as i32)
+    name.parse::<nix::sys::signal::Signal>()
+        .map_or(libc::SIGTERM, |s| s as i32)
 }
 
 /// Resolves service `name`. `env` is added to every service's environment (after the image's,
 /// before the service's own).
-pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[String], blocked: Option<String>) -> Result<Spec, String> {
+pub fn resolve(
+    name: &str,
+    s: &Service,
+    image: &Image,
+    paths: &Paths,
+    env: &[String],
+    blocked: Option<String>,
+) -> Result<Spec, String> {
     let privileged = s.privileged.unwrap_or(false);
     let host: Vec<HostNs> = s.host_namespaces.clone().unwrap_or_default();
-    let ns_mode = |k: HostNs| if host.contains(&k) { NsMode::Host } else { NsMode::New };
+    let ns_mode = |k: HostNs| {
+        if host.contains(&k) {
+            NsMode::Host
+        } else {
+            NsMode::New
+        }
+    };
     let namespaces = Namespaces {
         net: ns_mode(HostNs::Net),
         pid: ns_mode(HostNs::Pid),
@@ -89,7 +106,10 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
     let capabilities = if privileged {
         None
     } else {
-        let parse = |n: &String| n.parse::<caps::Capability>().map_err(|_| format!("unknown capability {n}"));
+        let parse = |n: &String| {
+            n.parse::<caps::Capability>()
+                .map_err(|_| format!("unknown capability {n}"))
+        };
         let mut set: Vec<caps::Capability> = match &s.capabilities {
             Some(list) => list.iter().map(parse).collect::<Result<_, _>>()?,
             None => DEFAULT_CAPABILITIES.to_vec(),
@@ -113,7 +133,10 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
         a
     });
     if args.is_empty() {
-        return Err(format!("image {} has no entrypoint and the service gives no command", image.name));
+        return Err(format!(
+            "image {} has no entrypoint and the service gives no command",
+            image.name
+        ));
     }
     let mut vars: Vec<String> = Vec::new();
     let mut put = |kv: &str| {
@@ -148,11 +171,16 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
         mounts.push(bind(&paths.run.join("syslog"), "/run/syslog", false));
         dev_symlinks.push(("/run/syslog/log".to_string(), "/dev/log".to_string()));
     }
-    let upper = s.persistent.unwrap_or(false).then(|| paths.state.join("services").join(name));
+    let upper = s
+        .persistent
+        .unwrap_or(false)
+        .then(|| paths.state.join("services").join(name));
     dirs.extend(upper.iter().cloned());
 
     let r = &s.resources;
-    let memory_max = r.memory.map(|m| m.0.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+    let memory_max = r
+        .memory
+        .map(|m| m.0.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
     let resources = Resources {
         memory_max,
         // No swapping around the limit: over it, the OOM killer acts.
@@ -171,7 +199,11 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
             upper,
         },
         readonly_root: s.read_only.unwrap_or(false),
-        hostname: (namespaces.uts == NsMode::New).then(|| s.hostname.as_ref().map_or_else(|| name.to_string(), ToString::to_string)),
+        hostname: (namespaces.uts == NsMode::New).then(|| {
+            s.hostname
+                .as_ref()
+                .map_or_else(|| name.to_string(), ToString::to_string)
+        }),
         namespaces,
         uid_map: Vec::new(),
         gid_map: Vec::new(),
@@ -181,7 +213,10 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
         process: Process {
             args,
             env: vars,
-            cwd: s.working_dir.clone().unwrap_or_else(|| image.working_dir.clone()),
+            cwd: s
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| image.working_dir.clone()),
             uid,
             gid,
             additional_gids: Vec::new(),
@@ -191,9 +226,24 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
         },
         cgroup_path: PathBuf::from("ros").join(name),
         resources,
-        seccomp: if privileged { SeccompConfig::None } else { SeccompConfig::Default },
-        masked_paths: if privileged { Vec::new() } else { DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect() },
-        readonly_paths: if privileged { Vec::new() } else { DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect() },
+        seccomp: if privileged {
+            SeccompConfig::None
+        } else {
+            SeccompConfig::Default
+        },
+        masked_paths: if privileged {
+            Vec::new()
+        } else {
+            DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        },
+        readonly_paths: if privileged {
+            Vec::new()
+        } else {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        },
         sysctl: Vec::new(),
         init: s.init.unwrap_or(true),
     };
@@ -202,17 +252,32 @@ pub fn resolve(name: &str, s: &Service, image: &Image, paths: &Paths, env: &[Str
     let policy = Policy {
         name: name.to_string(),
         depends_on: s.depends().map(str::to_string).collect(),
-        restart: s.restart.unwrap_or(if oneshot { Restart::No } else { Restart::Always }),
+        restart: s.restart.unwrap_or(if oneshot {
+            Restart::No
+        } else {
+            Restart::Always
+        }),
         oneshot,
-        backoff_initial_ms: s.backoff_initial.map_or(DEFAULT_BACKOFF_INITIAL_MS, |d| d.0.as_millis() as u64).max(1),
-        backoff_max_ms: s.backoff_max.map_or(DEFAULT_BACKOFF_MAX_MS, |d| d.0.as_millis() as u64).max(1),
+        backoff_initial_ms: s
+            .backoff_initial
+            .map_or(DEFAULT_BACKOFF_INITIAL_MS, |d| d.0.as_millis() as u64)
+            .max(1),
+        backoff_max_ms: s
+            .backoff_max
+            .map_or(DEFAULT_BACKOFF_MAX_MS, |d| d.0.as_millis() as u64)
+            .max(1),
         health: s.health.as_ref().map(|h| HealthPolicy {
             interval_ms: h.interval.as_millis() as u64,
             timeout_ms: h.timeout.as_millis() as u64,
             retries: h.retries,
         }),
-        stop_signal: s.stop_signal.as_deref().map_or(libc::SIGTERM, signal_number),
-        stop_timeout_ms: s.stop_timeout.map_or(DEFAULT_STOP_TIMEOUT_MS, |d| d.0.as_millis() as u64),
+        stop_signal: s
+            .stop_signal
+            .as_deref()
+            .map_or(libc::SIGTERM, signal_number),
+        stop_timeout_ms: s
+            .stop_timeout
+            .map_or(DEFAULT_STOP_TIMEOUT_MS, |d| d.0.as_millis() as u64),
         blocked,
     };
     Ok(Spec {
@@ -250,21 +315,46 @@ mod tests {
     #[test]
     fn defaults_for_a_plain_service() {
         let s = service("[services.console]\nimage = \"console\"\n");
-        let spec = resolve("console", &s, &image(), &Paths::system(), &["ROS_NTP_SERVERS=a".into()], None).expect("spec");
+        let spec = resolve(
+            "console",
+            &s,
+            &image(),
+            &Paths::system(),
+            &["ROS_NTP_SERVERS=a".into()],
+            None,
+        )
+        .expect("spec");
         let c = &spec.config;
         assert_eq!(c.process.args, ["/usr/lib/ros/console-start"]);
-        assert_eq!(c.process.env, ["PATH=/bin", "HOME=/root", "ROS_NTP_SERVERS=a", "ROS_SERVICE=console"]);
+        assert_eq!(
+            c.process.env,
+            [
+                "PATH=/bin",
+                "HOME=/root",
+                "ROS_NTP_SERVERS=a",
+                "ROS_SERVICE=console"
+            ]
+        );
         assert_eq!(c.hostname.as_deref(), Some("console"));
         assert_eq!(c.namespaces, Namespaces::isolated());
         assert!(c.process.no_new_privileges);
-        assert_eq!(c.process.capabilities.as_ref().map(|x| x.bounding.len()), Some(DEFAULT_CAPABILITIES.len()));
+        assert_eq!(
+            c.process.capabilities.as_ref().map(|x| x.bounding.len()),
+            Some(DEFAULT_CAPABILITIES.len())
+        );
         assert_eq!(c.seccomp, SeccompConfig::Default);
         assert_eq!(c.cgroup_path, PathBuf::from("ros/console"));
         assert!(c.mounts.iter().any(|m| m.destination == "/run/syslog"));
-        assert_eq!(c.dev_symlinks, [("/run/syslog/log".to_string(), "/dev/log".to_string())]);
+        assert_eq!(
+            c.dev_symlinks,
+            [("/run/syslog/log".to_string(), "/dev/log".to_string())]
+        );
         assert_eq!(spec.policy.restart, Restart::Always);
         assert_eq!(spec.policy.stop_signal, libc::SIGTERM);
-        assert_eq!((spec.policy.backoff_initial_ms, spec.policy.backoff_max_ms), (1000, 60_000));
+        assert_eq!(
+            (spec.policy.backoff_initial_ms, spec.policy.backoff_max_ms),
+            (1000, 60_000)
+        );
     }
 
     #[test]
@@ -288,21 +378,55 @@ user = "1000"
         );
         let spec = resolve("ntp", &s, &image(), &Paths::system(), &[], None).expect("spec");
         let c = &spec.config;
-        assert_eq!((c.namespaces.net.clone(), c.namespaces.uts.clone(), c.namespaces.pid.clone()), (NsMode::Host, NsMode::Host, NsMode::New));
-        assert_eq!(c.hostname, None, "the host's UTS namespace keeps the host's name");
+        assert_eq!(
+            (
+                c.namespaces.net.clone(),
+                c.namespaces.uts.clone(),
+                c.namespaces.pid.clone()
+            ),
+            (NsMode::Host, NsMode::Host, NsMode::New)
+        );
+        assert_eq!(
+            c.hostname, None,
+            "the host's UTS namespace keeps the host's name"
+        );
         let caps = &c.process.capabilities.as_ref().expect("caps").bounding;
         assert!(caps.contains(&caps::Capability::CAP_SYS_TIME));
         assert!(!caps.contains(&caps::Capability::CAP_MKNOD));
-        assert!(c.mounts.iter().any(|m| m.destination == "/data" && m.source == "/var/lib/ros/volumes/data"));
-        assert!(spec.dirs.contains(&PathBuf::from("/var/lib/ros/volumes/data")));
+        assert!(
+            c.mounts
+                .iter()
+                .any(|m| m.destination == "/data" && m.source == "/var/lib/ros/volumes/data")
+        );
+        assert!(
+            spec.dirs
+                .contains(&PathBuf::from("/var/lib/ros/volumes/data"))
+        );
         assert!(!c.mounts.iter().any(|m| m.destination == "/run/syslog"));
         assert_eq!(c.resources.memory_max, Some(16 << 20));
         assert_eq!(c.resources.memory_swap_max, Some(0));
         assert_eq!(c.resources.cpu_max, Some((25_000, 100_000)));
-        assert_eq!(c.process.env.iter().filter(|v| v.starts_with("HOME=")).collect::<Vec<_>>(), ["HOME=/tmp"]);
+        assert_eq!(
+            c.process
+                .env
+                .iter()
+                .filter(|v| v.starts_with("HOME="))
+                .collect::<Vec<_>>(),
+            ["HOME=/tmp"]
+        );
         assert_eq!((c.process.uid, c.process.gid), (1000, 1000));
-        assert_eq!(c.rootfs, Rootfs::Overlay { lower: vec![], upper: Some("/var/lib/ros/services/ntp".into()) });
-        assert_eq!(spec.policy.restart, Restart::No, "one-shots are not restarted by default");
+        assert_eq!(
+            c.rootfs,
+            Rootfs::Overlay {
+                lower: vec![],
+                upper: Some("/var/lib/ros/services/ntp".into())
+            }
+        );
+        assert_eq!(
+            spec.policy.restart,
+            Restart::No,
+            "one-shots are not restarted by default"
+        );
         assert_eq!(spec.policy.stop_signal, libc::SIGINT);
     }
 
