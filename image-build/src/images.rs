@@ -43,6 +43,8 @@ struct LayerRecipe {
     busybox_links: Option<String>,
     dir: Option<String>,
     #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
     rust: Vec<String>,
 }
 
@@ -229,6 +231,18 @@ fn stage_layer(
                 std::os::unix::fs::symlink(target, link)?;
             }
         }
+    }
+    for d in &r.dirs {
+        let (path, mode) = match d.split_once(':') {
+            Some((p, m)) => (
+                p,
+                u32::from_str_radix(m, 8).with_context(|| format!("layer {name}: mode of {d}"))?,
+            ),
+            None => (d.as_str(), 0o755),
+        };
+        let full = dir.join(path);
+        std::fs::create_dir_all(&full)?;
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode))?;
     }
     if let Some(d) = &r.dir {
         copy_tree(&repo.join("system-services").join(d), dir)?;

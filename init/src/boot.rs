@@ -365,6 +365,7 @@ async fn report_ready(
             pid: i32::try_from(std::process::id()).unwrap_or(0),
             rss_kib: ready::rss_kib(),
         },
+        memory: ready::memory(),
     };
     logger::console_write(&ready::line(&r));
 }

@@ -38,6 +38,28 @@ pub struct Ready {
     pub services: Vec<crate::supervisor::ServiceReport>,
     pub errors: Vec<String>,
     pub init: InitInfo,
+    pub memory: Memory,
+}
+
+/// The machine's memory when ready, from /proc/meminfo.
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub total_kib: u64,
+    pub available_kib: u64,
+}
+
+pub fn memory() -> Memory {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Memory {
+        total_kib: field("MemTotal:"),
+        available_kib: field("MemAvailable:"),
+    }
 }
 
 #[derive(Debug, Serialize)]

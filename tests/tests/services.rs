@@ -32,8 +32,21 @@ fn service<'a>(ready: &'a Value, name: &str) -> Result<&'a Value> {
 const SERVICES: &str = r#"
 [services.web]
 image = "busybox"
-command = ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && echo web up && exec httpd -f -p 8080 -h /www"]
+command = ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && echo web up nofile $(ulimit -n) && exec httpd -f -p 8080 -h /www"]
 host_namespaces = ["net"]
+health = { tcp = 8080, interval = "1s" }
+rlimits = { nofile = 512 }
+
+[services.checked]
+image = "busybox"
+command = ["sh", "-c", "touch /tmp/ok; exec sleep 3600"]
+health = { exec = ["test", "-f", "/tmp/ok"], interval = "1s", timeout = "2s", retries = 2 }
+
+[services.sick]
+image = "busybox"
+command = ["sleep", "3600"]
+health = { exec = ["false"], interval = "1s", timeout = "2s", retries = 2 }
+backoff = { initial = "500ms" }
 
 [services.prep]
 image = "busybox"
@@ -169,7 +182,10 @@ fn system_services(arch: Arch) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(logs.contains("out: web up"), "{logs}");
+    assert!(
+        logs.contains("out: web up nofile 512"),
+        "the service's rlimit: {logs}"
+    );
     assert!(
         logs.lines()
             .any(|l| l.len() > 24 && l.as_bytes()[4] == b'-' && l.contains("Z out: web up")),
@@ -207,6 +223,11 @@ fn system_services(arch: Arch) -> Result<()> {
     // Over its memory.max: OOM-killed, restarted.
     g.wait_for("service hog: the OOM killer struck", WAIT)?;
     g.wait_for("service hog exited with code 137; restart", WAIT)?;
+    // Health checks: TCP and exec, healthy; a failing one restarts its service.
+    g.wait_for("service web is healthy", WAIT)?;
+    g.wait_for("service checked is healthy", WAIT)?;
+    g.wait_for("service sick is unhealthy (2 failed checks)", WAIT)?;
+    g.wait_for("service sick was killed by signal 9; restart 1", WAIT)?;
     // A fork bomb hits pids.max; the machine stays responsive.
     let mut bomb = String::new();
     for _ in 0..40 {

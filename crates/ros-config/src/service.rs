@@ -177,7 +177,30 @@ pub struct Service {
     pub syslog: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// Resource limits by name (`nofile`, `nproc` ...): (soft, hard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rlimits: Option<BTreeMap<String, (u64, u64)>>,
 }
+
+/// The rlimits a service may set.
+pub const RLIMITS: &[&str] = &[
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
 
 const SERVICE_KEYS: &[&str] = &[
     "enabled",
@@ -205,6 +228,8 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "stop_timeout",
     "syslog",
+    "init",
+    "rlimits",
 ];
 const RESOURCE_KEYS: &[&str] = &["memory", "pids", "cpu", "cpu_weight", "io_weight"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max"];
@@ -632,6 +657,45 @@ pub fn read_service(w: &mut Walker<'_>, path: &str, node: &Node) -> Service {
             "stop_timeout" => s.stop_timeout = w.parsed(&p, n, "a duration"),
             "syslog" => s.syslog = w.bool(&p, n),
             "init" => s.init = w.bool(&p, n),
+            "rlimits" => {
+                let mut out = BTreeMap::new();
+                let before = w.errors.len();
+                for e in w.table(&p, n, RLIMITS).unwrap_or_default() {
+                    let ep = join(&p, &e.key);
+                    let limit = |w: &mut Walker<'_>, path: &str, node: &Node| match &node.value {
+                        Value::String(v) | Value::Text(v) if v == "unlimited" => Some(u64::MAX),
+                        _ => w
+                            .int(path, node, 0, i64::MAX)
+                            .and_then(|v| u64::try_from(v).ok()),
+                    };
+                    let pair = match &e.node.value {
+                        Value::Array(items) if items.len() == 2 => {
+                            match (
+                                limit(w, &format!("{ep}[0]"), &items[0]),
+                                limit(w, &format!("{ep}[1]"), &items[1]),
+                            ) {
+                                (Some(a), Some(b)) if a <= b => Some((a, b)),
+                                (Some(_), Some(_)) => {
+                                    w.err(e.node.pos, &ep, "the soft limit is above the hard one");
+                                    None
+                                }
+                                _ => None,
+                            }
+                        }
+                        Value::Array(_) => {
+                            w.err(e.node.pos, &ep, "expected one limit or [soft, hard]");
+                            None
+                        }
+                        _ => limit(w, &ep, &e.node).map(|v| (v, v)),
+                    };
+                    if let Some(pair) = pair {
+                        out.insert(e.key.clone(), pair);
+                    }
+                }
+                if w.errors.len() == before {
+                    s.rlimits = Some(out);
+                }
+            }
             _ => {}
         }
     }
@@ -691,6 +755,7 @@ impl Service {
         set(&mut self.stop_timeout, h.stop_timeout);
         set(&mut self.syslog, h.syslog);
         set(&mut self.init, h.init);
+        set(&mut self.rlimits, h.rlimits);
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -870,6 +935,8 @@ backoff = { initial = "500ms", max = "30s" }
 health = { tcp = 8080, interval = "2s", retries = 2 }
 stop_signal = "INT"
 stop_timeout = "5s"
+rlimits = { nofile = 1024, nproc = [64, 128], core = "unlimited" }
+init = false
 "#,
         );
         let w = &s["web"];
@@ -897,6 +964,12 @@ stop_timeout = "5s"
             )
         );
         assert_eq!(w.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(w.init, Some(false));
+        let rl = w.rlimits.as_ref().expect("rlimits");
+        assert_eq!(
+            (rl["nofile"], rl["nproc"], rl["core"]),
+            ((1024, 1024), (64, 128), (u64::MAX, u64::MAX))
+        );
         assert_eq!(
             w.depends_on.as_ref().expect("deps")[0].pos,
             Pos {

@@ -394,6 +394,13 @@ impl Machine {
         out
     }
 
+    /// Whether `pid` is a service's process or one of its health checks.
+    pub fn owns(&self, pid: i32) -> bool {
+        self.svcs
+            .values()
+            .any(|s| s.pid == Some(pid) || s.health.check.is_some_and(|(p, _)| p == pid))
+    }
+
     /// A health check of `name` runs as `pid`.
     pub fn health_started(&mut self, name: &str, pid: i32, now: u64) {
         if let Some(s) = self.svcs.get_mut(name)

@@ -135,8 +135,8 @@ impl Supervisor {
         let Some((pid, exit)) = exit_of(status) else {
             return false;
         };
+        let ours = self.machine.owns(pid);
         let cmds = self.machine.exited(pid, exit, now);
-        let ours = !cmds.is_empty() || self.machine.services().any(|s| s.pid == Some(pid));
         self.run(cmds, now);
         ours
     }

@@ -221,7 +221,15 @@ pub fn resolve(
             gid,
             additional_gids: Vec::new(),
             capabilities,
-            rlimits: Vec::new(),
+            rlimits: s
+                .rlimits
+                .iter()
+                .flatten()
+                .filter_map(|(name, (soft, hard))| {
+                    ros_runtime::config::rlimit_resource(&format!("RLIMIT_{name}"))
+                        .map(|r| (r, *soft, *hard))
+                })
+                .collect(),
             no_new_privileges: !privileged,
         },
         cgroup_path: PathBuf::from("ros").join(name),
