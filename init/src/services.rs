@@ -138,6 +138,8 @@ pub fn start(
     let opts = SpawnOptions {
         cgroup_root: "/sys/fs/cgroup".into(),
         run_root: paths.run.join("containers"),
+        // The init's own binary is the containers' shim (`main.rs` runs it as such).
+        shim: Some("/proc/self/exe".into()),
     };
     log::debug!(
         "services: definitions read at {} ms",

@@ -2,13 +2,13 @@
 //! kernel refuses it while `/` is that mount (rootfs). rootfs is a tmpfs here (the kernel makes it
 //! one when booted without `root=`), so the files need not move: the same tmpfs is bind-mounted
 //! on a folder, the base mounts are moved into it, that mount is moved onto `/`, and the init
-//! chroots into it. `/` is then an ordinary tmpfs mount, and `pivot_root` works from it;
-//! [`pivot_root_works`] checks exactly that on every boot.
+//! chroots into it. `/` is then an ordinary tmpfs mount, and `pivot_root` works from it (every
+//! container start relies on it, and the QEMU tests start containers).
 //!
 //! This differs from `switch_root`, which copies the initramfs into a new tmpfs: measured under
 //! QEMU TCG, copying ros's 7 MB initramfs and re-executing the init took about 155 ms of a boot
-//! whose whole budget for the init is about 250 ms. The switch is only needed by containers, so
-//! it runs right after the ready line.
+//! whose whole budget for the init is about 250 ms; the bind and move take about 7 ms. The switch
+//! is only needed by containers, so it runs at the start of the services phase.
 
 use std::path::Path;
 
@@ -54,47 +54,4 @@ pub fn switch(tops: &[&str]) -> Result<(), String> {
     // The folder is still there in the new root (it is the same tmpfs); it is only a name now.
     let _ = std::fs::remove_dir(at);
     Ok(())
-}
-
-/// Whether a process in a new mount namespace can `pivot_root` from `/` into a fresh tmpfs, as a
-/// container start will. Runs in a forked child, so nothing changes for the init.
-pub fn pivot_root_works(scratch: &str) -> bool {
-    // SAFETY: the init is single-threaded here (the async runtime has no worker threads), and
-    // the child makes only system calls before it exits.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            let ok = (|| -> nix::Result<()> {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                nix::mount::mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )?;
-                let _ = nix::unistd::mkdir(scratch, Mode::from_bits_truncate(0o700));
-                nix::mount::mount(
-                    Some("tmpfs"),
-                    scratch,
-                    Some("tmpfs"),
-                    MsFlags::empty(),
-                    None::<&str>,
-                )?;
-                nix::unistd::pivot_root(scratch, scratch)?;
-                Ok(())
-            })()
-            .is_ok();
-            // SAFETY: _exit ends the child without running the parent's exit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            let ok = matches!(
-                nix::sys::wait::waitpid(child, None),
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
-            );
-            let _ = std::fs::remove_dir(scratch);
-            ok
-        }
-        Err(_) => false,
-    }
 }

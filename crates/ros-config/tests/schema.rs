@@ -39,6 +39,15 @@ fn the_documented_example_reads_without_errors() {
         .expect("eth0");
     assert!(eth0.dhcp4_enabled());
     assert_eq!(d.network.online_timeout().as_secs(), 15);
+    assert_eq!(d.ssh_authorized_keys.as_ref().map(Vec::len), Some(1));
+    assert_eq!(d.ntp.servers.as_ref().map(Vec::len), Some(2));
+    let web = d.services.get("web").expect("web");
+    assert_eq!(
+        web.image.as_ref().map(|i| i.value.as_str()),
+        Some("busybox")
+    );
+    assert_eq!(web.volumes.as_ref().map(Vec::len), Some(1));
+    assert!(web.health.is_some());
 }
 
 const BROKEN: &str = r#"version = 1

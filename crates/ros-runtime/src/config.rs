@@ -614,6 +614,10 @@ pub fn rlimit_resource(name: &str) -> Option<libc::c_int> {
         "RLIMITRTTIME" => libc::RLIMIT_RTTIME,
         _ => return None,
     };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the constants are u32 on glibc and c_int on musl"
+    )]
     i32::try_from(r).ok()
 }
 

@@ -70,6 +70,8 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
     };
     let mut run = cfg.clone();
     run.process.args = args;
+    // The command is not the container's PID 1: no shim of its own.
+    run.init = false;
     // SAFETY: the caller is single-threaded; the child makes system calls and then execs or
     // exits with _exit.
     match unsafe { fork() } {
@@ -85,7 +87,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
                 // SAFETY: as above, in the single-threaded helper.
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Child => {
-                        let err = crate::process::exec(&run, &programs);
+                        let err = crate::process::exec(&run, &programs, None);
                         let _ = std::io::stderr()
                             .write_all(format!("exec in container: {err}\n").as_bytes());
                         // SAFETY: _exit ends the process without unwinding.

@@ -13,6 +13,7 @@ pub mod mounts;
 pub mod process;
 pub mod seccomp;
 pub mod setup;
+pub mod shim;
 pub mod spawn;
 
 pub use cgroup::Cgroup;

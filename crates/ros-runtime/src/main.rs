@@ -49,6 +49,8 @@ enum Cmd {
 const RUNTIME_FAILED: u8 = 125;
 
 fn main() -> ExitCode {
+    // This binary is also the containers' shim (see ros_runtime::shim).
+    ros_runtime::shim::run_if_shim();
     match Cli::parse().command {
         Cmd::Run {
             bundle,
@@ -85,6 +87,7 @@ fn run(
             None => ros_runtime::cgroup::system_root()?,
         },
         run_root: root,
+        shim: Some(PathBuf::from("/proc/self/exe")),
     };
     // Signals are taken with sigwait; the container starts with none blocked.
     let mut set = SigSet::empty();

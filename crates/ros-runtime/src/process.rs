@@ -1,9 +1,10 @@
 //! The last steps in a container before its program runs: working folder, rlimits, signals
 //! back to their defaults, ids and capabilities, no_new_privs, seccomp, then `execve`; with
-//! [`Config::init`], a minimal init first (see [`shim`]).
+//! [`Config::init`], a minimal init first (see [`crate::shim`]).
 
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::os::fd::RawFd;
 
 use caps::{CapSet, Capability};
 use seccompiler::BpfProgram;
@@ -40,9 +41,10 @@ fn set_of(list: &[Capability]) -> HashSet<Capability> {
     list.iter().copied().collect()
 }
 
-/// Does the steps and execs; returns only on failure, with what failed.
-pub fn exec(cfg: &Config, seccomp: &[BpfProgram]) -> String {
-    match run(cfg, seccomp) {
+/// Does the steps and execs; returns only on failure, with what failed. `shim`: the binary the
+/// shim execs (see [`crate::shim`]).
+pub fn exec(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> String {
+    match run(cfg, seccomp, shim) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -50,7 +52,7 @@ pub fn exec(cfg: &Config, seccomp: &[BpfProgram]) -> String {
 
 enum Never {}
 
-fn run(cfg: &Config, seccomp: &[BpfProgram]) -> Result<Never, String> {
+fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Never, String> {
     let p = &cfg.process;
     nix::unistd::chdir(p.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", p.cwd))?;
     for (res, soft, hard) in &p.rlimits {
@@ -134,7 +136,7 @@ fn run(cfg: &Config, seccomp: &[BpfProgram]) -> Result<Never, String> {
     if cfg.init {
         // SAFETY: single-threaded here; the child goes on to exec, the parent never returns.
         match unsafe { nix::unistd::fork() }.map_err(e("fork"))? {
-            nix::unistd::ForkResult::Parent { child } => shim(child),
+            nix::unistd::ForkResult::Parent { child } => crate::shim::start(shim, child),
             nix::unistd::ForkResult::Child => {}
         }
     }
@@ -169,55 +171,6 @@ fn run(cfg: &Config, seccomp: &[BpfProgram]) -> Result<Never, String> {
         "exec {path}: {}",
         err.map_or_else(|| "returned".into(), |e| e.to_string())
     ))
-}
-
-/// A minimal init as the container's PID 1, with the container's own privileges: a PID
-/// namespace's init gets only the signals it handles, so a program that handles none (many do
-/// not) would ignore its stop signal there. The shim passes every catchable signal on to the
-/// program, reaps what is orphaned in the container, and exits with the program's status
-/// (128 + the signal when it was killed).
-fn shim(child: nix::unistd::Pid) -> ! {
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    // The shim never execs, so close-on-exec does nothing for it: close what it holds of the
-    // runtime's (above all the setup's error pipe, whose end the runtime waits on).
-    // SAFETY: close_range takes no pointers.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    extern "C" fn noop(_: libc::c_int) {}
-    let all = SigSet::all();
-    let _ = all.thread_block();
-    // A namespace's init drops a signal whose disposition is the default when it is sent, even
-    // while blocked; with a handler (never run: they stay blocked) it stays pending for sigwait.
-    for sig in 1..=64 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: noop is an extern "C" handler doing nothing.
-            unsafe { libc::signal(sig, noop as *const () as libc::sighandler_t) };
-        }
-    }
-    // SAFETY: prctl with a pointer to a NUL-terminated name.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"ros-shim".as_ptr(), 0, 0, 0) };
-    loop {
-        match all.wait() {
-            Ok(Signal::SIGCHLD) => loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                        // SAFETY: _exit ends the shim without unwinding.
-                        unsafe { libc::_exit(code) }
-                    }
-                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                        // SAFETY: as above.
-                        unsafe { libc::_exit(128 + sig as i32) }
-                    }
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            },
-            Ok(sig) => {
-                let _ = nix::sys::signal::kill(child, sig);
-            }
-            Err(_) => {}
-        }
-    }
 }
 
 #[cfg(test)]

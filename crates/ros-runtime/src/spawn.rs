@@ -45,6 +45,10 @@ pub struct SpawnOptions {
     pub cgroup_root: PathBuf,
     /// A folder for the containers' working folders (e.g. `/run/ros-runtime`).
     pub run_root: PathBuf,
+    /// The program a container's shim execs, started as `ros-shim PID`: a binary that calls
+    /// [`crate::shim::run_if_shim`] first in `main` (the caller's own: `/proc/self/exe`). None
+    /// keeps the shim a fork of the caller (see [`crate::shim`] for what that costs).
+    pub shim: Option<PathBuf>,
 }
 
 /// The container's standard streams; `None` inherits the caller's.
@@ -155,7 +159,18 @@ pub fn spawn(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Containe
         cgroup,
         run_dir,
     };
-    match start(cfg, &steps, &programs, stdio, &container) {
+    let shim = match (&opts.shim, cfg.init) {
+        (Some(p), true) => Some(
+            nix::fcntl::open(
+                p.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::Spawn(format!("opening the shim {}: {e}", p.display())))?,
+        ),
+        _ => None,
+    };
+    match start(cfg, &steps, &programs, stdio, &container, shim.as_ref()) {
         Ok(pid) => Ok(Container { pid, ..container }),
         Err(e) => {
             let _ = container.destroy(Duration::from_secs(1));
@@ -170,6 +185,7 @@ fn start(
     programs: &[seccompiler::BpfProgram],
     stdio: Stdio,
     c: &Container,
+    shim: Option<&OwnedFd>,
 ) -> Result<i32> {
     c.cgroup.apply(&cfg.resources)?;
     let cg_fd = c.cgroup.open()?;
@@ -219,7 +235,15 @@ fn start(
     if pid == 0 {
         drop(err_r);
         drop(go_w);
-        let msg = child(cfg, steps, programs, stdio, go_r, &ns_files);
+        let msg = child(
+            cfg,
+            steps,
+            programs,
+            stdio,
+            go_r,
+            &ns_files,
+            shim.map(AsRawFd::as_raw_fd),
+        );
         let mut w = std::fs::File::from(err_w);
         let _ = w.write_all(msg.as_bytes());
         // SAFETY: _exit ends the child without running the parent's exit handlers.
@@ -276,6 +300,7 @@ fn child(
     stdio: Stdio,
     go: OwnedFd,
     ns_files: &[(OwnedFd, nix::sched::CloneFlags)],
+    shim: Option<std::os::fd::RawFd>,
 ) -> String {
     let mut b = [0u8; 1];
     if std::fs::File::from(go).read_exact(&mut b).is_err() {
@@ -300,5 +325,5 @@ fn child(
     if let Err(e) = setup::apply(steps) {
         return e;
     }
-    crate::process::exec(cfg, programs)
+    crate::process::exec(cfg, programs, shim)
 }

@@ -11,6 +11,9 @@
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
+use nix::sys::time::{TimeSpec, TimeVal, TimeValLike};
+use nix::time::{ClockId, clock_gettime, clock_settime};
+
 /// Seconds from 1900-01-01 (NTP's era 0) to 1970-01-01.
 const NTP_UNIX_OFFSET: f64 = 2_208_988_800.0;
 const STEP_THRESHOLD: f64 = 0.128;
@@ -94,13 +97,9 @@ pub fn offset_delay(t1: f64, t2: f64, t3: f64, t4: f64) -> (f64, f64) {
 }
 
 fn now() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    clock_gettime(ClockId::CLOCK_REALTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
 }
 
 fn query(server: &str) -> Result<(f64, f64), String> {
@@ -140,25 +139,18 @@ fn query(server: &str) -> Result<(f64, f64), String> {
 fn apply(offset: f64) -> Result<&'static str, String> {
     if offset.abs() > STEP_THRESHOLD {
         let t = now() + offset;
-        let ts = libc::timespec {
-            tv_sec: t.floor() as libc::time_t,
-            tv_nsec: ((t - t.floor()) * 1e9) as libc::c_long,
-        };
-        // SAFETY: ts is a valid timespec.
-        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-            return Err(format!(
-                "stepping the clock: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        clock_settime(
+            ClockId::CLOCK_REALTIME,
+            TimeSpec::nanoseconds((t * 1e9) as i64),
+        )
+        .map_err(|e| format!("stepping the clock: {e}"))?;
         Ok("stepped")
     } else {
-        let tv = libc::timeval {
-            tv_sec: offset.trunc() as libc::time_t,
-            tv_usec: ((offset - offset.trunc()) * 1e6) as libc::suseconds_t,
-        };
+        // nix has no adjtime; its TimeVal keeps the libc struct's field types right on every
+        // target (time_t and suseconds_t differ between musl versions).
+        let tv = TimeVal::microseconds((offset * 1e6) as i64);
         // SAFETY: tv is a valid timeval; the old value is not asked for.
-        if unsafe { libc::adjtime(&tv, std::ptr::null_mut()) } != 0 {
+        if unsafe { libc::adjtime(tv.as_ref(), std::ptr::null_mut()) } != 0 {
             return Err(format!(
                 "slewing the clock: {}",
                 std::io::Error::last_os_error()

@@ -1,4 +1,5 @@
-//! `ros-bench`: the benchmarks. `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
+//! `ros-bench`: the benchmarks (`runtime`, `boot`, `services`, `storage`; see BENCHMARKS.md).
+//! `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
 //! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
 //! prints the medians: what ros's init costs from its start to the ready line (absolute, and as a
 //! share of the boot to ready), what it costs against the null init in all (its bigger initramfs
@@ -8,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod runtime;
+mod services;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -35,6 +37,27 @@ enum Cli {
         /// vCPUs of the guests.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+    },
+    /// Many containers started by the supervisor in QEMU: time until all run, and memory per
+    /// container, against a boot with only the default services.
+    Services {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Guest memory (MiB), the same for both boots.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+    },
+    /// The service images' layers as erofs images (the default) against plain folders in the
+    /// initramfs: size, boot time, services phase, free memory.
+    Storage {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
 }
 
@@ -113,6 +136,13 @@ fn main() -> Result<()> {
     let (arch, runs, cpus) = match Cli::parse() {
         Cli::Runtime { runs } => return runtime::bench(runs),
         Cli::Boot { arch, runs, cpus } => (arch, runs, cpus),
+        Cli::Services {
+            arch,
+            count,
+            runs,
+            memory,
+        } => return services::many(arch, count, runs, memory),
+        Cli::Storage { arch, runs } => return services::storage(arch, runs),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;
