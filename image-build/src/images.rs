@@ -1,8 +1,8 @@
 //! The system-service images: built from `system-services/images.toml` for one architecture
 //! into an OCI image layout (`<out>/oci`: uncompressed tar layers, configs, manifests, an index
-//! naming each image), and a layer store for the boot: each layer also as an erofs image
-//! (`<out>/layers/<digest>.erofs`, mounted read-only at boot as an overlay's lower layer) or,
-//! for comparison, as a plain folder.
+//! naming each image), and a layer store for the boot: each layer as a plain folder (the
+//! default; an overlay's lower layer as it is) or as an erofs image
+//! (`<out>/layers/<digest>.erofs`, loop-mounted read-only at boot), see [`LayerStore`].
 //!
 //! Layers are staged as folders and packed with fixed times and owners, so the same inputs give
 //! the same digests; an erofs image already made for a digest is reused.
@@ -61,7 +61,10 @@ struct ImageRecipe {
     working_dir: Option<String>,
 }
 
-/// How layers are kept in the initramfs.
+/// How layers are kept in the initramfs. Folders are the default: measured against erofs
+/// images (BENCHMARKS.md, "Image storage") they make a smaller initramfs (gzip compresses the
+/// files better than it compresses lz4 images), a shorter services phase (no loop devices, no
+/// `loop` and `erofs` modules to load) and cost the same memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayerStore {
     /// An erofs image per layer, loop-mounted read-only at boot.
@@ -78,7 +81,8 @@ pub struct Layer {
     pub digest: String,
     pub staged: PathBuf,
     pub tar_bytes: u64,
-    pub erofs: PathBuf,
+    /// Its erofs image, when the store keeps them.
+    pub erofs: Option<PathBuf>,
 }
 
 impl Layer {
@@ -353,7 +357,14 @@ fn oci_arch(arch: Arch) -> oci_spec::image::Arch {
 }
 
 /// Builds every image of `repo/system-services/images.toml` for `arch` under `out`.
-pub fn build(arch: Arch, cache: &Path, repo: &Path, out: &Path, quiet: bool) -> Result<Built> {
+pub fn build(
+    arch: Arch,
+    cache: &Path,
+    repo: &Path,
+    out: &Path,
+    layer_store: LayerStore,
+    quiet: bool,
+) -> Result<Built> {
     let text = std::fs::read_to_string(repo.join("system-services/images.toml"))?;
     let recipes: Recipes = toml::from_str(&text).context("system-services/images.toml")?;
     let oci = out.join("oci");
@@ -367,8 +378,14 @@ pub fn build(arch: Arch, cache: &Path, repo: &Path, out: &Path, quiet: bool) -> 
         let tar = tar_layer(&staged)?;
         let (digest, size) = write_blob(&oci, &tar)?;
         let hex = digest.trim_start_matches("sha256:").to_string();
-        let erofs = store.join(format!("{hex}.erofs"));
-        mkfs_erofs(&staged, &erofs)?;
+        let erofs = match layer_store {
+            LayerStore::Erofs => {
+                let file = store.join(format!("{hex}.erofs"));
+                mkfs_erofs(&staged, &file)?;
+                Some(file)
+            }
+            LayerStore::Tree => None,
+        };
         layers.insert(
             name.clone(),
             Layer {

@@ -261,12 +261,16 @@ fn add_images(
     quiet: bool,
 ) -> Result<u64> {
     let repo = workspace_root();
-    let built = images::build(arch, &cache_dir(), &repo, out, quiet)?;
+    let built = images::build(arch, &cache_dir(), &repo, out, store, quiet)?;
     let mut bytes = 0u64;
     for l in &built.layers {
         match store {
             images::LayerStore::Erofs => {
-                let data = std::fs::read(&l.erofs)?;
+                let file = l
+                    .erofs
+                    .as_ref()
+                    .context("an erofs store without erofs images")?;
+                let data = std::fs::read(file)?;
                 bytes += data.len() as u64;
                 a.file(
                     &format!("{IMAGES_DIR}/layers/{}.erofs", l.hex()),

@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long)]
         null_init: bool,
         /// How the system-service images' layers are kept in the initramfs.
-        #[arg(long, value_enum, default_value = "erofs")]
+        #[arg(long, value_enum, default_value = "tree")]
         layer_store: ros_image::images::LayerStore,
     },
     /// Fetch (or find cached) the kernel package for an architecture and print its release.

@@ -107,6 +107,15 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Whether some layer is an erofs image rather than a folder (it needs `loop` and `erofs`).
+    pub fn has_erofs_layers(&self) -> bool {
+        let layers = self.root.join("layers");
+        self.images
+            .values()
+            .flat_map(|i| &i.layers)
+            .any(|hex| !layers.join(hex).is_dir())
+    }
+
     fn layer(&mut self, hex: &str) -> Result<PathBuf, String> {
         if let Some(p) = self.mounted.get(hex) {
             return Ok(p.clone());

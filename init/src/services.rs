@@ -16,8 +16,11 @@ use crate::supervisor::spec::Paths;
 use crate::switch_root;
 use crate::sys::Sys;
 
-/// Modules containers need: overlayfs for roots, loop and erofs for image layers.
-pub const CONTAINER_MODULES: &[&str] = &["overlay", "loop", "erofs"];
+/// Modules containers need: overlayfs for roots.
+pub const CONTAINER_MODULES: &[&str] = &["overlay"];
+
+/// Modules for layers kept as erofs images (`ros-image --layer-store erofs`), loaded only then.
+pub const EROFS_MODULES: &[&str] = &["loop", "erofs"];
 
 /// Where the image ships service definitions.
 pub const SHIPPED: &str = "/usr/lib/ros/services";
@@ -81,10 +84,14 @@ pub fn start(
     errors: &mut Vec<String>,
     config_errors: &mut Vec<ConfigError>,
 ) -> Option<Supervisor> {
-    if let Some(l) = loader {
-        let names: Vec<String> = CONTAINER_MODULES.iter().map(|s| s.to_string()).collect();
-        l.load(sys, &names);
-    }
+    let mut loader = loader;
+    let mut load = |names: &[&str]| {
+        if let Some(l) = loader.as_deref_mut() {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            l.load(sys, &names);
+        }
+    };
+    load(CONTAINER_MODULES);
     let tops: Vec<&str> = mounts::MOUNTS
         .iter()
         .map(|m| m.target)
@@ -123,6 +130,9 @@ pub fn start(
             return None;
         }
     };
+    if store.has_erofs_layers() {
+        load(EROFS_MODULES);
+    }
     log::debug!("services: images read at {} ms", crate::clock::uptime_ms());
     let (mut services, shipped_errors) = shipped(Path::new(SHIPPED));
     config_errors.extend(shipped_errors);

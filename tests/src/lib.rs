@@ -42,7 +42,7 @@ fn build(arch: Arch, init: InitKind) -> Result<PathBuf> {
         refresh_kernel: false,
         init,
         quiet: true,
-        layer_store: ros_image::images::LayerStore::Erofs,
+        layer_store: ros_image::images::LayerStore::Tree,
     })?;
     Ok(out)
 }

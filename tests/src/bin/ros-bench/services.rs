@@ -152,18 +152,18 @@ pub fn many(arch: Arch, count: usize, runs: usize, memory_mib: u32) -> Result<()
 }
 
 pub fn storage(arch: Arch, runs: usize) -> Result<()> {
-    let erofs_dir = ros_tests::image(arch)?;
-    let tree_dir = erofs_dir.with_file_name(format!("{}-tree", arch.name()));
-    let tree = ros_image::build(&BuildOptions {
+    let tree_dir = ros_tests::image(arch)?;
+    let erofs_dir = tree_dir.with_file_name(format!("{}-erofs", arch.name()));
+    let erofs = ros_image::build(&BuildOptions {
         arch,
-        out: tree_dir.clone(),
+        out: erofs_dir.clone(),
         refresh_kernel: false,
         init: InitKind::Ros,
         quiet: true,
-        layer_store: LayerStore::Tree,
+        layer_store: LayerStore::Erofs,
     })?;
-    let erofs: ros_image::Manifest =
-        serde_json::from_slice(&std::fs::read(erofs_dir.join("manifest.json"))?)
+    let tree: ros_image::Manifest =
+        serde_json::from_slice(&std::fs::read(tree_dir.join("manifest.json"))?)
             .context("reading manifest.json")?;
     if erofs.layer_store != "erofs" || tree.layer_store != "tree" {
         bail!(
