@@ -244,7 +244,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let json = serde_json::to_string_pretty(&manifest)?;
     write_if_changed(&manifest_path, json.as_bytes())?;
     progress(&format!(
-        "done: initramfs {} KiB ({} KiB without modules), init {} KiB",
+        "done: initramfs {} KiB ({} KiB without modules and service images), init {} KiB",
         manifest.initramfs_bytes / 1024,
         manifest.initramfs_without_modules_bytes / 1024,
         manifest.init_bytes / 1024

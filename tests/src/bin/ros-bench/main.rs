@@ -238,7 +238,7 @@ fn main() -> Result<()> {
     )?;
     writeln!(
         out,
-        "  initramfs {} KiB, without modules {} KiB (goal < 4096), init binary {} KiB, {} modules",
+        "  initramfs {} KiB, without modules and service images {} KiB (goal < 4096), init binary {} KiB, {} modules",
         manifest.initramfs_bytes / 1024,
         manifest.initramfs_without_modules_bytes / 1024,
         manifest.init_bytes / 1024,
