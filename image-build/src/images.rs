@@ -46,6 +46,12 @@ struct LayerRecipe {
     dirs: Vec<String>,
     #[serde(default)]
     rust: Vec<String>,
+    /// The C library and its dynamic loader (from `libc6`), for layers above to share.
+    #[serde(default)]
+    libc: bool,
+    /// Packages whose files the binaries' closure leaves out, because a lower layer has them.
+    #[serde(default)]
+    skip: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +111,22 @@ fn triplet(arch: Arch) -> &'static str {
     match arch {
         Arch::X86_64 => "x86_64-linux-gnu",
         Arch::Aarch64 => "aarch64-linux-gnu",
+    }
+}
+
+/// The C library, its loader, and the loader's path as programs name it (`PT_INTERP`).
+fn libc_files(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &[
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "lib64/ld-linux-x86-64.so.2",
+        ],
+        Arch::Aarch64 => &[
+            "lib/aarch64-linux-gnu/libc.so.6",
+            "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+            "lib/ld-linux-aarch64.so.1",
+        ],
     }
 }
 
@@ -215,12 +237,30 @@ fn stage_layer(
                 .context("binary")?;
             copy_into(tree, Path::new(b), dir)?;
         }
+        let skipped: Vec<PathBuf> = r
+            .skip
+            .iter()
+            .map(|p| apt.unpacked(p))
+            .collect::<Result<_>>()?;
         for rel in crate::elf::closure(&bins, &trees, triplet(arch))? {
+            if skipped
+                .iter()
+                .any(|t| t.join(&rel).symlink_metadata().is_ok())
+            {
+                continue;
+            }
             let tree = trees
                 .iter()
                 .find(|t| t.join(&rel).symlink_metadata().is_ok())
                 .with_context(|| format!("layer {name}: {} is in no package", rel.display()))?;
             copy_into(tree, &rel, dir)?;
+        }
+    }
+    if r.libc {
+        let tree = apt.unpacked("libc6")?;
+        for rel in libc_files(arch) {
+            copy_into(&tree, Path::new(rel), dir)
+                .with_context(|| format!("layer {name}: {rel}"))?;
         }
     }
     if let Some(bb) = &r.busybox_links {

@@ -17,7 +17,7 @@ use crate::network::NetState;
 use crate::power::{self, Action};
 use crate::ready::{self, Phase, Ready};
 use crate::sys::RealSys;
-use crate::{logger, mounts, network, shutdown, sources, system};
+use crate::{logger, mounts, network, shutdown, sources, state, system};
 
 /// The boot timeline.
 #[derive(Debug, Default)]
@@ -219,8 +219,37 @@ async fn boot(started: u64) -> ! {
         }
     });
 
+    let state = tl.phase("state", || {
+        let autoformat = ros_config::cmdline::option(&params, state::AUTOFORMAT_OPTION);
+        state::setup(&sys, autoformat, || {
+            crate::images::ImageStore::open(
+                Path::new(crate::images::STORE),
+                Path::new(crate::images::MOUNTS),
+            )?
+            .lower_dirs(state::MKFS_IMAGE)
+        })
+    });
+    match (&state.device, &state.detail) {
+        (Some(d), None) => log::info!(
+            "state: {d} mounted on {}{}",
+            state::MOUNT,
+            if state.formatted {
+                " (formatted now)"
+            } else {
+                ""
+            }
+        ),
+        (_, Some(e)) => {
+            log::warn!("state: {e}");
+            if state.device.is_some() {
+                errors.push(format!("state: {e}"));
+            }
+        }
+        (None, None) => {}
+    }
+
     let gathered = tl.phase("config", || {
-        sources::gather(Path::new(sources::FW_CFG_USER_DATA), &cmdline)
+        sources::gather(&sources::system_files(), &cmdline)
     });
     for e in &gathered.read.errors {
         log::error!("config: {e}");
@@ -259,6 +288,7 @@ async fn boot(started: u64) -> ! {
             &sys,
             loader.as_mut(),
             cfg,
+            state::mounts(&state),
             uptime_ms(),
             &mut errors,
             &mut config_errors,
@@ -279,6 +309,7 @@ async fn boot(started: u64) -> ! {
         &hostname,
         kernel,
         modules,
+        state,
         gathered,
         config_errors,
         services,
@@ -327,6 +358,7 @@ async fn report_ready(
     hostname: &str,
     kernel: String,
     modules: Report,
+    state: state::Report,
     gathered: sources::Gathered,
     config_errors: Vec<ros_config::ConfigError>,
     services: Vec<crate::supervisor::ServiceReport>,
@@ -357,6 +389,7 @@ async fn report_ready(
         },
         sysctl: system::read_back(Path::new("/proc/sys"), &gathered.read.data.sysctl),
         modules,
+        state,
         config_sources: gathered.sources,
         config_errors,
         services,

@@ -15,6 +15,7 @@ pub mod ready;
 pub mod services;
 pub mod shutdown;
 pub mod sources;
+pub mod state;
 pub mod supervisor;
 pub mod switch_root;
 pub mod sys;

@@ -33,6 +33,8 @@ pub struct Ready {
     /// The configured sysctls, read back from the kernel.
     pub sysctl: std::collections::BTreeMap<String, String>,
     pub modules: kmod::Report,
+    /// The state disk: `persistent`, `device`, `formatted`, `detail`.
+    pub state: crate::state::Report,
     pub config_sources: Vec<SourceStatus>,
     pub config_errors: Vec<ros_config::ConfigError>,
     pub services: Vec<crate::supervisor::ServiceReport>,

@@ -80,6 +80,7 @@ pub fn start(
     sys: &dyn Sys,
     loader: Option<&mut Loader>,
     cfg: &UserData,
+    extra_mounts: &[&str],
     now: u64,
     errors: &mut Vec<String>,
     config_errors: &mut Vec<ConfigError>,
@@ -92,10 +93,12 @@ pub fn start(
         }
     };
     load(CONTAINER_MODULES);
+    // The base mounts directly under `/`, and the state disk's (what is under those comes along).
     let tops: Vec<&str> = mounts::MOUNTS
         .iter()
         .map(|m| m.target)
         .filter(|t| t.matches('/').count() == 1)
+        .chain(extra_mounts.iter().copied())
         .collect();
     log::debug!(
         "services: modules loaded at {} ms",

@@ -1,8 +1,10 @@
-//! Gathers the user-data from its sources, lowest precedence first: QEMU fw_cfg
-//! (`opt/ros/user-data`), then the kernel command line's `ros.*` keys. A missing source is
-//! skipped quietly; one that cannot be read is skipped with an error.
+//! Gathers the user-data from its sources, lowest precedence first: the config baked into the
+//! image, the config persisted on the state disk, QEMU fw_cfg (`opt/ros/user-data`), then the
+//! kernel command line's `ros.*` keys. A missing source is skipped quietly; one that cannot be
+//! read is skipped with an error. A source may be gzip-compressed.
 
-use std::path::Path;
+use std::io::Read as _;
+use std::path::PathBuf;
 
 use ros_config::{ConfigError, Pos, Read};
 use serde::Serialize;
@@ -10,6 +12,12 @@ use serde::Serialize;
 /// Where QEMU's `-fw_cfg name=opt/ros/user-data,...` shows up once `qemu_fw_cfg` is loaded.
 pub const FW_CFG_USER_DATA: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/ros/user-data/raw";
 pub const FW_CFG_SOURCE: &str = "fw_cfg:opt/ros/user-data";
+/// The config baked into the image by `ros-image`.
+pub const IMAGE_USER_DATA: &str = "/usr/lib/ros/user-data.toml";
+/// The config persisted on the state disk (what `ros config set` writes).
+pub const STATE_USER_DATA: &str = "/var/lib/ros/config/user-data.toml";
+/// Larger user-data (after decompression) is refused.
+pub const MAX_BYTES: u64 = 1 << 20;
 
 /// What each source gave, for the ready line.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -25,45 +33,87 @@ pub struct Gathered {
     pub sources: Vec<SourceStatus>,
 }
 
-/// Reads the sources: the fw_cfg file at `fw_cfg` and the command line text `cmdline`.
-pub fn gather(fw_cfg: &Path, cmdline: &str) -> Gathered {
+/// A source that is a file.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// Its name in errors and in the ready line, e.g. `fw_cfg:opt/ros/user-data`.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl FileSource {
+    pub fn new(name: &str, path: impl Into<PathBuf>) -> Self {
+        FileSource {
+            name: name.to_string(),
+            path: path.into(),
+        }
+    }
+}
+
+/// The file sources of a booted machine, lowest precedence first.
+pub fn system_files() -> Vec<FileSource> {
+    vec![
+        FileSource::new(&format!("image:{IMAGE_USER_DATA}"), IMAGE_USER_DATA),
+        FileSource::new(&format!("state:{STATE_USER_DATA}"), STATE_USER_DATA),
+        FileSource::new(FW_CFG_SOURCE, FW_CFG_USER_DATA),
+    ]
+}
+
+/// The text of user-data bytes: gunzipped when they are gzip, then UTF-8.
+pub fn text(bytes: Vec<u8>) -> Result<String, String> {
+    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("the user-data looks gzip-compressed but is not: {e}"))?;
+        out
+    } else {
+        bytes
+    };
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(format!(
+            "the user-data is larger than {} KiB",
+            MAX_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the user-data is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Reads one source's bytes as user-data; `None` when it is absent.
+pub fn read_bytes(name: &str, bytes: std::io::Result<Vec<u8>>) -> Option<(Read, &'static str)> {
+    let fail = |message: String| {
+        let mut r = Read::default();
+        r.errors
+            .push(ConfigError::new(name, Pos::default(), "", message));
+        Some((r, "failed"))
+    };
+    match bytes {
+        Ok(bytes) => match text(bytes) {
+            Ok(t) => Some((ros_config::from_toml(name, &t), "read")),
+            Err(e) => fail(e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => fail(format!("cannot read: {e}")),
+    }
+}
+
+/// Reads the file sources in order, then the command line text `cmdline`.
+pub fn gather(files: &[FileSource], cmdline: &str) -> Gathered {
     let mut reads = Vec::new();
     let mut sources = Vec::new();
-    match std::fs::read(fw_cfg) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => {
-                reads.push(ros_config::from_toml(FW_CFG_SOURCE, &text));
-                sources.push(status(FW_CFG_SOURCE, "read"));
-            }
-            Err(e) => {
-                let pos = Pos::at("", 0);
-                let mut r = Read::default();
-                r.errors.push(ConfigError::new(
-                    FW_CFG_SOURCE,
-                    pos,
-                    "",
-                    format!(
-                        "the user-data is not UTF-8 text (byte {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                ));
+    for f in files {
+        match read_bytes(&f.name, std::fs::read(&f.path)) {
+            Some((r, st)) => {
                 reads.push(r);
-                sources.push(status(FW_CFG_SOURCE, "failed"));
+                sources.push(status(&f.name, st));
             }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            sources.push(status(FW_CFG_SOURCE, "absent"))
-        }
-        Err(e) => {
-            let mut r = Read::default();
-            r.errors.push(ConfigError::new(
-                FW_CFG_SOURCE,
-                Pos::default(),
-                "",
-                format!("cannot read: {e}"),
-            ));
-            reads.push(r);
-            sources.push(status(FW_CFG_SOURCE, "failed"));
+            None => sources.push(status(&f.name, "absent")),
         }
     }
     reads.push(ros_config::from_cmdline(cmdline));
@@ -83,14 +133,20 @@ fn status(source: &str, status: &'static str) -> SourceStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    fn fw(path: &Path) -> Vec<FileSource> {
+        vec![FileSource::new(FW_CFG_SOURCE, path)]
+    }
 
     #[test]
     fn fw_cfg_then_cmdline() {
         let tmp = tempfile::tempdir().expect("tmp");
         let f = tmp.path().join("raw");
         std::fs::write(&f, "hostname = \"from-fw\"\nmodules = [\"bonding\"]\n").expect("write");
-        let g = gather(&f, "console=ttyS0 ros.hostname=from-cmdline");
+        let g = gather(&fw(&f), "console=ttyS0 ros.hostname=from-cmdline");
         assert!(g.read.errors.is_empty(), "{:?}", g.read.errors);
         assert_eq!(
             g.read.data.hostname.map(|h| h.to_string()).as_deref(),
@@ -101,16 +157,60 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_fw_cfg_is_quiet_and_a_binary_one_is_an_error() {
+    fn an_absent_source_is_quiet_and_a_binary_one_is_an_error() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let g = gather(&tmp.path().join("none"), "");
+        let g = gather(&fw(&tmp.path().join("none")), "");
         assert!(g.read.errors.is_empty());
         assert_eq!(g.sources[0].status, "absent");
         let f = tmp.path().join("bin");
-        std::fs::write(&f, [0x1f, 0x8b, 0xff, 0xfe]).expect("write");
-        let g = gather(&f, "");
+        std::fs::write(&f, [0xff, 0xfe, 0x00]).expect("write");
+        let g = gather(&fw(&f), "");
         assert_eq!(g.read.errors.len(), 1);
         assert!(g.read.errors[0].message.contains("not UTF-8"));
         assert_eq!(g.sources[0].status, "failed");
+        // gzip magic, then garbage
+        std::fs::write(&f, [0x1f, 0x8b, 0xff, 0xfe]).expect("write");
+        let g = gather(&fw(&f), "");
+        assert!(
+            g.read.errors[0].message.contains("gzip"),
+            "{:?}",
+            g.read.errors
+        );
+    }
+
+    #[test]
+    fn gzip_is_read_and_later_files_win() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let image = tmp.path().join("image.toml");
+        std::fs::write(
+            &image,
+            "hostname = \"baked\"\nsysctl = { \"vm.swappiness\" = \"5\" }\n",
+        )
+        .expect("write");
+        let state = tmp.path().join("state.toml.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"hostname = \"persisted\"\n").expect("gz");
+        std::fs::write(&state, gz.finish().expect("gz")).expect("write");
+        let files = vec![
+            FileSource::new("image:x", &image),
+            FileSource::new("state:y", &state),
+            FileSource::new(FW_CFG_SOURCE, tmp.path().join("absent")),
+        ];
+        let g = gather(&files, "");
+        assert!(g.read.errors.is_empty(), "{:?}", g.read.errors);
+        assert_eq!(
+            g.read.data.hostname.map(|h| h.to_string()).as_deref(),
+            Some("persisted")
+        );
+        assert_eq!(g.read.data.sysctl.len(), 1, "the image's keys stay");
+        let st: Vec<_> = g.sources.iter().map(|s| s.status).collect();
+        assert_eq!(st, ["read", "read", "absent", "read"]);
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let big = vec![b'#'; MAX_BYTES as usize + 1];
+        assert!(text(big).expect_err("big").contains("larger"));
     }
 }

@@ -42,6 +42,8 @@ pub struct BootConfig {
     pub append: Vec<String>,
     /// Print kernel messages (no `quiet`).
     pub kernel_verbose: bool,
+    /// Raw disk images, as virtio block devices in this order (`vda`, `vdb`, ...).
+    pub disks: Vec<PathBuf>,
 }
 
 impl BootConfig {
@@ -58,6 +60,7 @@ impl BootConfig {
             extra_nics: Vec::new(),
             append: Vec::new(),
             kernel_verbose: false,
+            disks: Vec::new(),
         }
     }
 }
@@ -152,6 +155,14 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
         a.extend([
             s("-device"),
             format!("virtio-net-pci,netdev={id},mac={},romfile=", nic.mac),
+        ]);
+    }
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        a.extend([
+            s("-drive"),
+            format!("file={},if=none,id=d{i},format=raw", disk.display()),
+            s("-device"),
+            format!("virtio-blk-pci,drive=d{i}"),
         ]);
     }
     if let Some(ud) = &cfg.user_data {

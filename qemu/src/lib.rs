@@ -23,6 +23,19 @@ pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     Ok((port(h)?, port(g)?))
 }
 
+/// Makes `path` a blank (sparse) raw disk of `bytes` unless it exists already.
+pub fn blank_disk(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f.set_len(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

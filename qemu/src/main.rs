@@ -48,6 +48,13 @@ struct BootArgs {
     /// Show the kernel's boot messages.
     #[arg(long)]
     kernel_verbose: bool,
+    /// A raw disk image, as the next virtio disk (vda, vdb, ...); repeatable. A missing file is
+    /// made blank (sparse, --disk-size MiB), which ros formats as its state disk.
+    #[arg(long = "disk")]
+    disks: Vec<PathBuf>,
+    /// Size in MiB of the disks --disk creates.
+    #[arg(long, default_value_t = 1024)]
+    disk_size: u64,
     /// Wait for the ready line, print its JSON, power off cleanly, exit.
     #[arg(long)]
     until_ready: bool,
@@ -69,8 +76,15 @@ fn main() -> ExitCode {
         forwards: args.forwards.clone(),
         append: args.append.clone(),
         kernel_verbose: args.kernel_verbose,
+        disks: args.disks.clone(),
         ..BootConfig::new(args.arch)
     };
+    for d in &cfg.disks {
+        if let Err(e) = ros_qemu::blank_disk(d, args.disk_size << 20) {
+            eprintln!("ros-qemu: disk {}: {e}", d.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(ud) = &cfg.user_data
         && !ud.exists()
     {

@@ -85,7 +85,27 @@ fn full_user_data(arch: Arch) -> Result<()> {
     assert_eq!(r["errors"], serde_json::json!([]), "{}", ctx());
     assert_eq!(r["hostname"], "qemu-test");
     assert_eq!(r["arch"], arch.name());
-    assert_eq!(r["config_sources"][0]["status"], "read");
+    let sources: Vec<(&str, &str)> = r["config_sources"]
+        .as_array()
+        .context("config_sources")?
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap_or_default(),
+                s["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // No baked config, no state disk in this boot; fw_cfg and the command line read.
+    assert_eq!(
+        sources,
+        [
+            ("image:/usr/lib/ros/user-data.toml", "absent"),
+            ("state:/var/lib/ros/config/user-data.toml", "absent"),
+            ("fw_cfg:opt/ros/user-data", "read"),
+            ("cmdline", "read")
+        ]
+    );
 
     let eth0 = interface(&r, "eth0").with_context(ctx)?;
     assert_eq!(eth0["state"], "dhcp", "{}", ctx());
@@ -137,7 +157,8 @@ fn full_user_data(arch: Arch) -> Result<()> {
     assert_eq!(
         phases,
         [
-            "start", "mounts", "modules", "config", "system", "network", "services", "ready"
+            "start", "mounts", "modules", "state", "config", "system", "network", "services",
+            "ready"
         ]
     );
     Ok(())

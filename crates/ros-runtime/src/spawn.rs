@@ -287,7 +287,8 @@ fn write_id_maps(pid: i32, cfg: &Config) -> std::result::Result<(), String> {
         std::fs::write(format!("/proc/{pid}/{file}"), data)
             .map_err(|e| format!("writing {file}: {e}"))
     };
-    w("setgroups", "deny")?;
+    // setgroups stays allowed (the runtime is privileged), so the child can drop the host's
+    // supplementary groups and set the spec's.
     w("uid_map", &line(&cfg.uid_map))?;
     w("gid_map", &line(&cfg.gid_map))
 }
@@ -305,6 +306,19 @@ fn child(
     let mut b = [0u8; 1];
     if std::fs::File::from(go).read_exact(&mut b).is_err() {
         return "the runtime went away before the container started".into();
+    }
+    if cfg.namespaces.user == NsMode::New {
+        // The child is still the host's root (uid 0 there), which the map leaves unmapped in
+        // the new namespace: files it made would be EOVERFLOW. Becoming the namespace's root
+        // makes it the mapped host id.
+        let zero_g = nix::unistd::Gid::from_raw(0);
+        let zero_u = nix::unistd::Uid::from_raw(0);
+        if let Err(e) = nix::unistd::setresgid(zero_g, zero_g, zero_g) {
+            return format!("becoming gid 0 in the user namespace: {e}");
+        }
+        if let Err(e) = nix::unistd::setresuid(zero_u, zero_u, zero_u) {
+            return format!("becoming uid 0 in the user namespace: {e}");
+        }
     }
     for (fd, kind) in ns_files {
         if let Err(e) = nix::sched::setns(fd, *kind) {

@@ -397,3 +397,36 @@ fn a_broken_bundle_is_a_clear_error() {
         "{o:?}"
     );
 }
+
+#[test]
+fn a_user_namespace_maps_root_to_an_unprivileged_range() {
+    if !root() {
+        return;
+    }
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; readlink /proc/self/ns/user; id -u",
+    ]);
+    let linux = &mut b.config["linux"];
+    linux["namespaces"]
+        .as_array_mut()
+        .expect("ns")
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    linux["uidMappings"] = map.clone();
+    linux["gidMappings"] = map;
+    let out = ok(&b.run(&id("userns")));
+    let fields: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(fields[0], ["0", "100000", "65536"], "{out}");
+    assert_eq!(fields[1], ["0", "100000", "65536"], "{out}");
+    let host = std::fs::read_link("/proc/self/ns/user")
+        .expect("ns")
+        .display()
+        .to_string();
+    assert_ne!(fields[2][0], host, "{out}");
+    assert_eq!(fields[3], ["0"], "root inside: {out}");
+}
