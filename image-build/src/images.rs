@@ -291,9 +291,11 @@ fn stage_layer(
     if let Some(d) = &r.dir {
         copy_tree(&repo.join("system-services").join(d), dir)?;
     }
-    for pkg in &r.rust {
-        let built = crate::cargo_build(arch, pkg, pkg, quiet)?;
-        let to = dir.join("usr/bin").join(pkg);
+    for entry in &r.rust {
+        // `package` or `package:binary`.
+        let (pkg, bin) = entry.split_once(':').unwrap_or((entry, entry));
+        let built = crate::cargo_build(arch, pkg, bin, quiet)?;
+        let to = dir.join("usr/bin").join(bin);
         std::fs::create_dir_all(to.parent().context("usr/bin")?)?;
         std::fs::copy(&built, &to)?;
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;

@@ -282,6 +282,25 @@ async fn boot(started: u64) -> ! {
         .await;
     errors.append(&mut net.errors);
 
+    // The API's socket exists before the services start (the console mounts its folder);
+    // requests that need the supervisor wait for the main loop.
+    let (api_tx, mut api_rx) = mpsc::unbounded_channel();
+    let api_ctx = std::sync::Arc::new(crate::api::Ctx {
+        cmdline: cmdline.clone(),
+        persistent: state.persistent,
+        ready: std::sync::Mutex::new(serde_json::Value::Null),
+        tx: api_tx,
+    });
+    match crate::api::bind() {
+        Ok(l) => {
+            tokio::spawn(crate::api::serve(l, api_ctx.clone()));
+        }
+        Err(e) => {
+            log::error!("api: cannot listen on {}: {e}", ros_api::SOCKET);
+            errors.push(format!("api: cannot listen on {}: {e}", ros_api::SOCKET));
+        }
+    }
+
     let mut config_errors = gathered.read.errors.clone();
     let mut supervisor = tl.phase("services", || {
         crate::services::start(
@@ -303,7 +322,7 @@ async fn boot(started: u64) -> ! {
         .map(|l| l.report.clone())
         .unwrap_or_else(Report::default);
     let services = supervisor.as_ref().map(|s| s.report()).unwrap_or_default();
-    report_ready(
+    let ready_json = report_ready(
         &mut tl,
         &mut net,
         &hostname,
@@ -316,6 +335,9 @@ async fn boot(started: u64) -> ! {
         errors,
     )
     .await;
+    if let Ok(mut r) = api_ctx.ready.lock() {
+        *r = ready_json;
+    }
 
     // After the ready line: what only later work needs.
     if let Some(l) = loader.as_mut() {
@@ -347,6 +369,16 @@ async fn boot(started: u64) -> ! {
             () = recv(&mut sigpwr) => shutdown::shutdown(Action::Poweroff, "SIGPWR", &mut net, supervisor.as_mut()).await,
             Some(req) = power_rx.recv() => shutdown::shutdown(req.action, &req.reason, &mut net, supervisor.as_mut()).await,
             Some(ev) = net.next_event() => net.handle(ev),
+            Some(req) = api_rx.recv() => match req {
+                crate::api::ToMain::Power(a) => {
+                    let action = match a {
+                        ros_api::PowerAction::Reboot => Action::Reboot,
+                        ros_api::PowerAction::Poweroff => Action::Poweroff,
+                    };
+                    shutdown::shutdown(action, "asked through the API", &mut net, supervisor.as_mut()).await
+                }
+                other => crate::api::on_main(other, supervisor.as_mut(), uptime_ms()),
+            },
         }
     }
 }
@@ -363,7 +395,7 @@ async fn report_ready(
     config_errors: Vec<ros_config::ConfigError>,
     services: Vec<crate::supervisor::ServiceReport>,
     errors: Vec<String>,
-) {
+) -> serde_json::Value {
     let ready_start = uptime_ms();
     let (interfaces, routes) = ready::network_view(net).await;
     let (ns, search) = net.dns();
@@ -401,4 +433,5 @@ async fn report_ready(
         memory: ready::memory(),
     };
     logger::console_write(&ready::line(&r));
+    serde_json::to_value(&r).unwrap_or_default()
 }

@@ -251,8 +251,8 @@ mod tests {
         // The build's layout is the store's `oci` folder; its layers folder is beside it.
         let s = ImageStore::open(&root, Path::new("/nonexistent")).expect("open");
         let console = s.get("console").expect("console image");
-        // images.toml: console = base + busybox + glibc + dropbear + console, bottom first.
-        assert_eq!(console.layers.len(), 5);
+        // images.toml: console = base + busybox + glibc + dropbear + ros-cli + console, bottom first.
+        assert_eq!(console.layers.len(), 6);
         assert_eq!(console.entrypoint, ["/usr/lib/ros/console-start"]);
         assert!(s.names().contains("busybox"));
     }

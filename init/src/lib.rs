@@ -3,6 +3,7 @@
 //! reach the kernel through the [`sys::Sys`] seam, so they are unit-tested without root.
 //! `ARCHITECTURE.md` walks through the boot.
 
+pub mod api;
 pub mod boot;
 pub mod clock;
 pub mod images;

@@ -24,10 +24,13 @@ pub struct Logger {
 struct Ring {
     lines: VecDeque<String>,
     bytes: usize,
+    /// How many lines were ever pushed.
+    pushed: u64,
 }
 
 impl Ring {
     fn push(&mut self, line: String) {
+        self.pushed += 1;
         self.bytes += line.len();
         self.lines.push_back(line);
         while self.bytes > RING_BYTES {
@@ -71,6 +74,21 @@ pub fn lines() -> Vec<String> {
         Ok(r) => r.lines.iter().cloned().collect(),
         Err(_) => Vec::new(),
     })
+}
+
+/// The lines pushed after the first `seq` ever pushed (those still kept), and the new `seq`.
+pub fn since(seq: u64) -> (Vec<String>, u64) {
+    LOGGER.get().map_or_else(
+        || (Vec::new(), seq),
+        |l| match l.ring.lock() {
+            Ok(r) => {
+                let first = r.pushed - r.lines.len() as u64;
+                let skip = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+                (r.lines.iter().skip(skip).cloned().collect(), r.pushed)
+            }
+            Err(_) => (Vec::new(), seq),
+        },
+    )
 }
 
 /// Formats one line: uptime, level, text.

@@ -103,6 +103,18 @@ pub fn read_bytes(name: &str, bytes: std::io::Result<Vec<u8>>) -> Option<(Read, 
     }
 }
 
+/// Each present source's read, lowest precedence first (for `ros config sources`).
+pub fn read_each(files: &[FileSource], cmdline: &str) -> Vec<(String, Read)> {
+    let mut out: Vec<(String, Read)> = files
+        .iter()
+        .filter_map(|f| {
+            read_bytes(&f.name, std::fs::read(&f.path)).map(|(r, _)| (f.name.clone(), r))
+        })
+        .collect();
+    out.push(("cmdline".into(), ros_config::from_cmdline(cmdline)));
+    out
+}
+
 /// Reads the file sources in order, then the command line text `cmdline`.
 pub fn gather(files: &[FileSource], cmdline: &str) -> Gathered {
     let mut reads = Vec::new();

@@ -126,7 +126,9 @@ pub fn user_data(source: &str, params: &[Param]) -> (Node, Vec<ConfigError>) {
     (root, errors)
 }
 
-fn segments(path: &str) -> Vec<String> {
+/// The table path of a dotted key: `sysctl.<sysctl key>` and `network.interfaces.<name>.<field>`
+/// keep the dots of the sysctl key and of the interface name.
+pub fn segments(path: &str) -> Vec<String> {
     if let Some(rest) = path.strip_prefix("sysctl.") {
         return vec!["sysctl".into(), rest.into()];
     }

@@ -4,6 +4,7 @@
 //! of a lower source or its default, so a typo never stops a boot.
 
 pub mod cmdline;
+pub mod edit;
 pub mod error;
 pub mod node;
 pub mod schema;

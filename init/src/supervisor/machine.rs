@@ -152,6 +152,8 @@ pub struct Svc {
     pub last_exit: Option<Exit>,
     health: Health,
     backoff_ms: u64,
+    /// Start again once a requested stop is done (`ros service restart`).
+    restart_after_stop: bool,
 }
 
 impl Svc {
@@ -209,6 +211,7 @@ impl Machine {
             .map(|p| {
                 let svc = Svc {
                     backoff_ms: p.backoff_initial_ms,
+                    restart_after_stop: false,
                     state: match &p.blocked {
                         Some(r) => State::Failed { reason: r.clone() },
                         None => State::Waiting,
@@ -371,6 +374,12 @@ impl Machine {
         if self.stopping || matches!(s.state, State::Stopping { .. }) {
             s.state = State::Stopped;
             out.push(Cmd::Note(format!("service {name} stopped ({exit})")));
+            if std::mem::take(&mut s.restart_after_stop) && !self.stopping {
+                s.state = State::Waiting;
+                s.backoff_ms = s.policy.backoff_initial_ms;
+                out.extend(self.schedule(now));
+                return out;
+            }
             out.extend(self.stop_ready(now));
             return out;
         }
@@ -571,6 +580,87 @@ impl Machine {
             }
         }
         out
+    }
+
+    /// An operator's stop (`ros service stop`): the stop signal, SIGKILL after the stop
+    /// timeout, and the service stays stopped, whatever its restart policy, until started.
+    pub fn stop(&mut self, name: &str, now: u64) -> Result<Vec<Cmd>, String> {
+        let s = self
+            .svcs
+            .get_mut(name)
+            .ok_or_else(|| format!("no service `{name}`"))?;
+        s.restart_after_stop = false;
+        Ok(Self::stop_one(s, now))
+    }
+
+    fn stop_one(s: &mut Svc, now: u64) -> Vec<Cmd> {
+        let name = s.policy.name.clone();
+        let mut out = Vec::new();
+        if let Some((pid, _)) = s.health.check.take() {
+            out.push(Cmd::KillCheck {
+                name: name.clone(),
+                pid,
+            });
+        }
+        match (&s.state, s.pid) {
+            (State::Running | State::Starting, Some(pid)) => {
+                s.state = State::Stopping {
+                    deadline_ms: now + s.policy.stop_timeout_ms,
+                    killed: false,
+                };
+                out.push(Cmd::Note(format!("stopping service {name}")));
+                out.push(Cmd::Signal {
+                    name,
+                    pid,
+                    signal: s.policy.stop_signal,
+                });
+            }
+            (State::Stopping { .. }, _) => {}
+            (State::Failed { .. } | State::Completed | State::Exited | State::Stopped, _) => {}
+            _ => {
+                s.state = State::Stopped;
+                out.push(Cmd::Note(format!("service {name} stopped")));
+            }
+        }
+        out
+    }
+
+    /// An operator's start (`ros service start`): a stopped, exited, completed or failed
+    /// service, or one waiting out its backoff, starts now (once its dependencies are ready),
+    /// with its backoff reset. A service kept from starting by a config error cannot.
+    pub fn start_one(&mut self, name: &str, now: u64) -> Result<Vec<Cmd>, String> {
+        if self.stopping {
+            return Err("the machine is shutting down".into());
+        }
+        let s = self
+            .svcs
+            .get_mut(name)
+            .ok_or_else(|| format!("no service `{name}`"))?;
+        if let Some(reason) = &s.policy.blocked {
+            return Err(format!("service `{name}` cannot start: {reason}"));
+        }
+        match s.state {
+            State::Stopping { .. } => s.restart_after_stop = true,
+            State::Running | State::Starting | State::Waiting => {}
+            _ => {
+                s.state = State::Waiting;
+                s.backoff_ms = s.policy.backoff_initial_ms;
+            }
+        }
+        Ok(self.schedule(now))
+    }
+
+    /// `ros service restart`: stop, then start once it has exited (or start, when not running).
+    pub fn restart(&mut self, name: &str, now: u64) -> Result<Vec<Cmd>, String> {
+        let s = self
+            .svcs
+            .get_mut(name)
+            .ok_or_else(|| format!("no service `{name}`"))?;
+        if s.policy.blocked.is_none() && s.state.runs() {
+            s.restart_after_stop = true;
+            return Ok(Self::stop_one(s, now));
+        }
+        self.start_one(name, now)
     }
 
     /// Whether everything has stopped (after [`Machine::stop_all`]).
@@ -842,5 +932,52 @@ mod tests {
         m.start_failed("a", "x", 0);
         m.stop_all(1);
         assert!(m.all_stopped());
+    }
+
+    #[test]
+    fn an_operator_stop_holds_until_a_start_and_restart_comes_back() {
+        let mut m = Machine::new(vec![policy("web", &[])]);
+        m.start(0);
+        m.started("web", 10, 1);
+        let c = m.stop("web", 100).expect("stop");
+        assert_eq!(signals(&c), ["web"]);
+        assert_eq!(m.get("web").map(|s| s.state.name()), Some("stopping"));
+        // Its exit does not restart it, whatever the policy says.
+        let c = m.exited(10, Exit::Signal(15), 200);
+        assert!(starts(&c).is_empty());
+        assert_eq!(m.get("web").map(|s| s.state.name()), Some("stopped"));
+        assert!(m.timer(100_000).is_empty(), "nothing scheduled");
+        // Started again.
+        assert_eq!(starts(&m.start_one("web", 300).expect("start")), ["web"]);
+        m.started("web", 11, 301);
+        // Restart: a stop, then a start once it has exited.
+        let c = m.restart("web", 400).expect("restart");
+        assert_eq!(signals(&c), ["web"]);
+        assert_eq!(starts(&m.exited(11, Exit::Code(0), 450)), ["web"]);
+        // A stop that does not finish in time gets SIGKILL.
+        m.started("web", 12, 500);
+        m.stop("web", 600).expect("stop");
+        let c = m.timer(600 + 5000);
+        assert!(c.contains(&Cmd::Kill("web".into())), "{c:?}");
+        // Unknown names and blocked services are errors.
+        assert!(m.stop("nope", 0).is_err());
+        let mut p = policy("bad", &[]);
+        p.blocked = Some("unknown image".into());
+        let mut m = Machine::new(vec![p]);
+        assert!(
+            m.start_one("bad", 0)
+                .expect_err("blocked")
+                .contains("unknown image")
+        );
+    }
+
+    #[test]
+    fn a_service_in_backoff_starts_at_once_when_asked() {
+        let mut m = Machine::new(vec![policy("crash", &[])]);
+        m.start(0);
+        m.started("crash", 10, 1);
+        m.exited(10, Exit::Code(1), 2);
+        assert_eq!(m.get("crash").map(|s| s.state.name()), Some("backoff"));
+        assert_eq!(starts(&m.start_one("crash", 3).expect("start")), ["crash"]);
     }
 }

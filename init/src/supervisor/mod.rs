@@ -155,6 +155,27 @@ impl Supervisor {
         self.run(cmds, now);
     }
 
+    /// `ros service stop`.
+    pub fn stop_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.stop(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
+    /// `ros service start`.
+    pub fn start_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.start_one(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
+    /// `ros service restart`.
+    pub fn restart_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.restart(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
     pub fn all_stopped(&self) -> bool {
         self.machine.all_stopped()
     }

@@ -1,0 +1,368 @@
+//! The local API of a ros machine, shared by the init (the server) and the `ros` CLI (the
+//! client). One request per connection on a Unix stream socket that only root may use (the
+//! server checks the caller with `SO_PEERCRED`): the client writes one JSON line (an
+//! [`Envelope`]), the server answers with JSON lines: any number of [`Reply::Line`] (log lines,
+//! for streams), then one [`Reply::Ok`] or [`Reply::Error`] (a followed stream has none and
+//! ends when the client goes away).
+//!
+//! The protocol is versioned by [`VERSION`]: fields may be added; a change of meaning or a
+//! removal makes a new version, and a server refuses a version it does not speak with a clear
+//! error. Newline-delimited JSON over a blocking socket is all this needs; an RPC framework
+//! would add size to the init and the CLI for nothing used here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// The folder of the socket (bind-mounted into the console container).
+pub const SOCKET_DIR: &str = "/run/ros/api";
+/// The socket.
+pub const SOCKET: &str = "/run/ros/api/ros.sock";
+/// A request line longer than this is refused.
+pub const MAX_REQUEST: usize = 2 << 20;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// The requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The value of a dotted key in the config as the sources give it now (or all of it).
+    ConfigGet {
+        key: Option<String>,
+    },
+    /// Sets a key in the persisted config. `value` is read as TOML when it is a TOML value
+    /// (`true`, `1500`, `["a", "b"]`), else as text (or a comma list, where a list is wanted).
+    ConfigSet {
+        key: String,
+        value: String,
+    },
+    ConfigUnset {
+        key: String,
+    },
+    /// Merges a TOML user-data into the persisted config.
+    ConfigMerge {
+        toml: String,
+    },
+    /// The persisted config as TOML, or (`full`) the effective config of every source.
+    ConfigExport {
+        full: bool,
+    },
+    /// Where each effective value comes from.
+    ConfigSources,
+    ServiceList,
+    ServiceStatus {
+        name: String,
+    },
+    Service {
+        name: String,
+        action: ServiceAction,
+    },
+    ServiceLogs {
+        name: String,
+        lines: usize,
+        follow: bool,
+    },
+    /// The init's log (boot, services, errors).
+    Logs {
+        lines: usize,
+        follow: bool,
+    },
+    /// Boot timeline, config errors, services health.
+    Status,
+    OsInfo,
+    Power {
+        action: PowerAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+    Enable,
+    Disable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    Reboot,
+    Poweroff,
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Ok {
+        result: serde_json::Value,
+        /// Things the caller should know (e.g. "takes effect at the next boot").
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// Each problem, when there are several (config errors).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        details: Vec<String>,
+    },
+    /// One line of a stream (logs).
+    Line { line: String },
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Reply {
+        Reply::Ok {
+            result,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// The JSON line of this reply.
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"reply":"error","code":"failed","message":"cannot encode: {e}"}}"#)
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// Why a request failed; each has its own exit code in the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request could not be read, or its version is not spoken here.
+    BadRequest,
+    /// No such service or key.
+    NotFound,
+    /// The config it would make does not validate.
+    Invalid,
+    /// The caller is not root.
+    Denied,
+    /// It was understood and could not be done.
+    Failed,
+}
+
+impl ErrorCode {
+    /// The CLI's exit code (documented in `docs/cli.md`).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorCode::Failed => 1,
+            ErrorCode::BadRequest => 2,
+            ErrorCode::NotFound => 3,
+            ErrorCode::Invalid => 4,
+            ErrorCode::Denied => 5,
+        }
+    }
+}
+
+/// Reads a request line as the server does; the error is the reply to send.
+pub fn parse_request(line: &str) -> Result<Request, Reply> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let v: Versioned = serde_json::from_str(line)
+        .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not a ros API request: {e}")))?;
+    if v.version != VERSION {
+        return Err(Reply::error(
+            ErrorCode::BadRequest,
+            format!(
+                "API version {} is not spoken here (this init speaks {VERSION}); use the `ros` of this machine",
+                v.version
+            ),
+        ));
+    }
+    serde_json::from_str::<Envelope>(line)
+        .map(|e| e.request)
+        .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+/// A client failure that is not the server's answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The socket is not there or refuses the connection.
+    Connect(std::io::Error),
+    /// The connection broke or the answer could not be read.
+    Io(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "cannot reach the init's API at {SOCKET}: {e}"),
+            ClientError::Io(e) => write!(f, "the API connection failed: {e}"),
+        }
+    }
+}
+
+/// Sends `request` to the socket at `socket`; each streamed line goes to `on_line`; returns the
+/// final reply (or, for a followed stream that the server ends, the last line's absence).
+pub fn call(
+    socket: &Path,
+    request: Request,
+    mut on_line: impl FnMut(&str),
+) -> Result<Reply, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(ClientError::Connect)?;
+    let follow = matches!(
+        request,
+        Request::Logs { follow: true, .. } | Request::ServiceLogs { follow: true, .. }
+    );
+    if !follow {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    }
+    let mut line = serde_json::to_string(&Envelope {
+        version: VERSION,
+        request,
+    })
+    .map_err(|e| ClientError::Io(e.to_string()))?;
+    line.push('\n');
+    // A server that refuses may close before reading everything; its answer is still there.
+    let written = stream.write_all(line.as_bytes());
+    let mut reader = BufReader::new(stream);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_line(&mut buf)
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(ClientError::Io(match &written {
+                Err(e) => e.to_string(),
+                Ok(()) => "the init closed the connection".into(),
+            }));
+        }
+        let reply: Reply = serde_json::from_str(buf.trim_end())
+            .map_err(|e| ClientError::Io(format!("unreadable answer: {e}")))?;
+        match reply {
+            Reply::Line { line } => on_line(&line),
+            other => return Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_one_json_line() {
+        let reqs = [
+            Request::ConfigSet {
+                key: "hostname".into(),
+                value: "n1".into(),
+            },
+            Request::Service {
+                name: "ntp".into(),
+                action: ServiceAction::Restart,
+            },
+            Request::ServiceLogs {
+                name: "web".into(),
+                lines: 10,
+                follow: true,
+            },
+            Request::Power {
+                action: PowerAction::Reboot,
+            },
+        ];
+        for r in reqs {
+            let line = serde_json::to_string(&Envelope {
+                version: VERSION,
+                request: r.clone(),
+            })
+            .unwrap();
+            assert!(!line.contains('\n'));
+            assert_eq!(parse_request(&line).unwrap(), r);
+        }
+        let line = r#"{"version":1,"request":{"op":"config_get","key":"hostname"}}"#;
+        assert_eq!(
+            parse_request(line).unwrap(),
+            Request::ConfigGet {
+                key: Some("hostname".into())
+            }
+        );
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_clear_errors() {
+        let e = parse_request(r#"{"version":2,"request":{"op":"status"}}"#).unwrap_err();
+        assert!(
+            matches!(&e, Reply::Error { code: ErrorCode::BadRequest, message, .. } if message.contains("version 2")),
+            "{e:?}"
+        );
+        assert!(parse_request("hello").is_err());
+        let e = parse_request(r#"{"version":1,"request":{"op":"fly"}}"#).unwrap_err();
+        assert!(matches!(e, Reply::Error { .. }));
+    }
+
+    #[test]
+    fn a_call_streams_lines_then_returns_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let req = parse_request(line.trim()).unwrap();
+            let mut w = s;
+            w.write_all(Reply::Line { line: "a".into() }.line().as_bytes())
+                .unwrap();
+            w.write_all(
+                Reply::ok(serde_json::json!({"got": format!("{req:?}")}))
+                    .line()
+                    .as_bytes(),
+            )
+            .unwrap();
+        });
+        let mut lines = Vec::new();
+        let reply = call(&sock, Request::Status, |l| lines.push(l.to_string())).unwrap();
+        server.join().unwrap();
+        assert_eq!(lines, ["a"]);
+        assert!(matches!(reply, Reply::Ok { result, .. } if result["got"] == "Status"));
+        assert!(matches!(
+            call(&dir.path().join("none"), Request::Status, |_| {}),
+            Err(ClientError::Connect(_))
+        ));
+    }
+
+    #[test]
+    fn error_codes_have_distinct_exit_codes() {
+        let codes: std::collections::BTreeSet<u8> = [
+            ErrorCode::Failed,
+            ErrorCode::BadRequest,
+            ErrorCode::NotFound,
+            ErrorCode::Invalid,
+            ErrorCode::Denied,
+        ]
+        .iter()
+        .map(|c| c.exit_code())
+        .collect();
+        assert_eq!(codes.len(), 5);
+    }
+}

@@ -1,0 +1,239 @@
+//! The `ros` CLI, driven over SSH in the console container of a booted image (both arches),
+//! with a state disk: every verb, its exit codes, a caller that is not root refused by the
+//! API, and a config change that survives QEMU killed without a shutdown.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use ros_qemu::Guest;
+use ros_tests::{Arch, READY_TIMEOUT, SshKey, config, free_port};
+
+const SSH: Duration = Duration::from_secs(90);
+
+const USER_DATA: &str = r#"
+[services.web]
+image = "busybox"
+command = ["sh", "-c", "echo web says hello; exec httpd -f -p 8080 -h /tmp"]
+"#;
+
+/// Runs `ros ARGS` in the console: its exit code and its output (stdout and stderr).
+fn ros(key: &SshKey, port: u16, args: &str) -> Result<(i32, String)> {
+    let out = key.run(port, &format!("ros {args} 2>&1; echo \"exit=$?\""), SSH)?;
+    let (body, last) = out
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", out.trim_end()));
+    let code = last
+        .strip_prefix("exit=")
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no exit code in {out}"))?;
+    Ok((code, body.to_string()))
+}
+
+/// `ros ARGS` that must succeed; its output.
+fn ok(key: &SshKey, port: u16, args: &str) -> Result<String> {
+    let (code, out) = ros(key, port, args)?;
+    ensure!(code == 0, "`ros {args}` exited {code}: {out}");
+    Ok(out)
+}
+
+fn state_of(key: &SshKey, port: u16, service: &str) -> Result<String> {
+    let out = ok(key, port, "service list -o json")?;
+    let list: serde_json::Value = serde_json::from_str(out.trim()).context(out.clone())?;
+    Ok(list
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == service))
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default())
+}
+
+fn wait_state(key: &SshKey, port: u16, service: &str, want: &str) -> Result<()> {
+    for _ in 0..60 {
+        if state_of(key, port, service)? == want {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    anyhow::bail!("{service} never became {want}")
+}
+
+fn cli(arch: Arch) -> Result<()> {
+    let key = SshKey::new()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("state.img");
+    ros_qemu::blank_disk(&disk, 256 << 20)?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    writeln!(ud, "ssh_authorized_keys = [\"{}\"]", key.public)?;
+    ud.write_all(USER_DATA.as_bytes())?;
+    let port = free_port()?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(port, 22)];
+    cfg.disks = vec![disk.clone()];
+    cfg.memory_mib = 768;
+    let mut g = Guest::spawn(&cfg)?;
+    g.wait_ready(READY_TIMEOUT)?;
+
+    // os, status, logs
+    let v = ok(&key, port, "os version")?;
+    ensure!(
+        v.trim() == format!("ros {}", env!("CARGO_PKG_VERSION")),
+        "{v}"
+    );
+    let info: serde_json::Value = serde_json::from_str(ok(&key, port, "os info -o json")?.trim())?;
+    ensure!(
+        info["arch"] == arch.name() && info["api_version"] == 1,
+        "{info}"
+    );
+    let st = ok(&key, port, "status")?;
+    ensure!(
+        st.contains("state disk: /dev/vda") && st.contains("boot:") && st.contains("services"),
+        "{st}"
+    );
+    let logs = ok(&key, port, "logs -n 200")?;
+    ensure!(logs.contains("service console started"), "{logs}");
+
+    // services
+    let list = ok(&key, port, "service list")?;
+    for name in ["console", "ntp", "syslog", "web"] {
+        ensure!(
+            list.lines()
+                .any(|l| l.starts_with(name) && l.contains("running")),
+            "{list}"
+        );
+    }
+    let (code, out) = ros(&key, port, "service status consle")?;
+    ensure!(
+        code == 3 && out.contains("did you mean `console`"),
+        "{code} {out}"
+    );
+    let status = ok(&key, port, "service status web")?;
+    ensure!(status.contains("state: running"), "{status}");
+    let wlogs = ok(&key, port, "service logs web -n 5")?;
+    ensure!(wlogs.contains("web says hello"), "{wlogs}");
+    ok(&key, port, "service stop web")?;
+    wait_state(&key, port, "web", "stopped")?;
+    ok(&key, port, "service start web")?;
+    wait_state(&key, port, "web", "running")?;
+    ok(&key, port, "service restart web")?;
+    wait_state(&key, port, "web", "running")?;
+    let again = ok(&key, port, "service logs web")?;
+    ensure!(
+        again.matches("web says hello").count() >= 3,
+        "three starts: {again}"
+    );
+    ok(&key, port, "service disable web")?;
+    wait_state(&key, port, "web", "stopped")?;
+    let enabled = ok(&key, port, "config get services.web.enabled")?;
+    ensure!(enabled.trim() == "false", "{enabled}");
+    ok(&key, port, "service enable web")?;
+    wait_state(&key, port, "web", "running")?;
+
+    // config
+    let (code, out) = ros(&key, port, "config set hostname cli-node")?;
+    ensure!(code == 0, "{out}");
+    ensure!(
+        key.run(port, "hostname", SSH)?.trim() == "cli-node",
+        "live hostname"
+    );
+    ensure!(ok(&key, port, "config get hostname")?.trim() == "cli-node");
+    let (code, out) = ros(&key, port, "config set network.interfaces.eth0.mtu huge")?;
+    ensure!(
+        code == 4 && out.contains("network.interfaces.eth0.mtu"),
+        "{code} {out}"
+    );
+    let (code, out) = ros(&key, port, "config set hostnme x")?;
+    ensure!(
+        code == 4 && out.contains("did you mean `hostname`"),
+        "{out}"
+    );
+    let (code, out) = ros(&key, port, "config set ntp.servers 10.0.2.2")?;
+    ensure!(code == 0 && out.contains("next boot"), "{out}");
+    let sources = ok(&key, port, "config sources")?;
+    ensure!(
+        sources.lines().any(|l| l.starts_with("hostname")
+            && l.contains("cli-node")
+            && l.contains("state:/var/lib/ros/config/user-data.toml")),
+        "{sources}"
+    );
+    ensure!(
+        sources
+            .lines()
+            .any(|l| l.starts_with("ssh_authorized_keys") && l.contains("fw_cfg")),
+        "{sources}"
+    );
+    let export = ok(&key, port, "config export")?;
+    ensure!(
+        export.contains("hostname = \"cli-node\"") && export.contains("[ntp]"),
+        "{export}"
+    );
+    let full = ok(&key, port, "config export --full")?;
+    ensure!(full.contains("[services.web]"), "{full}");
+    ok(&key, port, "config unset ntp.servers")?;
+    ensure!(!ok(&key, port, "config export")?.contains("ntp"));
+    key.run(
+        port,
+        "printf 'modules = [\"bonding\"]\\n' > /tmp/m.toml && printf 'hostnme = 1\\n' > /tmp/bad.toml",
+        SSH,
+    )?;
+    ok(&key, port, "config merge /tmp/m.toml")?;
+    ensure!(ok(&key, port, "config get modules")?.contains("bonding"));
+    let (code, out) = ros(&key, port, "config merge /tmp/bad.toml")?;
+    ensure!(code == 4 && out.contains("hostnme"), "{out}");
+    ok(&key, port, "config validate")?;
+    let (code, out) = ros(&key, port, "config validate /tmp/bad.toml")?;
+    ensure!(
+        code == 4 && out.contains("/tmp/bad.toml:1:1: hostnme"),
+        "{out}"
+    );
+    let comp = ok(&key, port, "completions bash")?;
+    ensure!(comp.contains("_ros()"), "completions");
+
+    // Only root may use the API.
+    let (_, out) = ros(
+        &key,
+        port,
+        "os version; su -s /bin/sh nobody -c 'ros os version'",
+    )?;
+    ensure!(
+        out.contains("root only") && out.trim_end().ends_with("uid 65534)"),
+        "{out}"
+    );
+    let code = key.run(
+        port,
+        "su -s /bin/sh nobody -c 'ros os version' >/dev/null 2>&1; echo $?",
+        SSH,
+    )?;
+    ensure!(code.trim() == "5", "non-root exit code {code}");
+
+    // A config change survives a hard power-off.
+    g.kill();
+    drop(g);
+    let mut g = Guest::spawn(&cfg)?;
+    let r = g.wait_ready(READY_TIMEOUT)?;
+    ensure!(
+        r["hostname"] == "cli-node",
+        "after a hard power-off: {}",
+        r["hostname"]
+    );
+    // `ros poweroff` ends the machine cleanly.
+    let _ = ros(&key, port, "poweroff");
+    let status = g.wait_exit(Duration::from_secs(60))?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
+
+mod x86_64 {
+    #[test]
+    fn cli() -> anyhow::Result<()> {
+        super::cli(super::Arch::X86_64)
+    }
+}
+
+mod aarch64 {
+    #[test]
+    fn cli() -> anyhow::Result<()> {
+        super::cli(super::Arch::Aarch64)
+    }
+}
