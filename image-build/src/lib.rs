@@ -94,6 +94,9 @@ pub struct BuildOptions {
     pub quiet: bool,
     /// How the system-service images' layers are kept in the initramfs.
     pub layer_store: images::LayerStore,
+    /// A user-data to bake into the image (`/usr/lib/ros/user-data.toml`, the lowest source);
+    /// validated first, and the build fails on any error.
+    pub user_data: Option<PathBuf>,
 }
 
 /// Where the initramfs keeps the system-service images (read by the init).
@@ -181,6 +184,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         InitKind::Ros => add_images(&mut full, arch, &opts.out, opts.layer_store, opts.quiet)?,
         InitKind::Null => 0,
     };
+    if let (InitKind::Ros, Some(p)) = (opts.init, &opts.user_data) {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let errors = ros_config::from_toml(&p.display().to_string(), &text).errors;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            bail!("the user-data to bake is not valid:\n{}", list.join("\n"));
+        }
+        full.file(
+            &format!("{IMAGES_DIR}/user-data.toml"),
+            0o644,
+            text.into_bytes(),
+        );
+    }
     let (modules, module_bytes, missing) = match opts.init {
         InitKind::Ros => {
             let sel =

@@ -36,6 +36,9 @@ enum Cmd {
         /// How the system-service images' layers are kept in the initramfs.
         #[arg(long, value_enum, default_value = "tree")]
         layer_store: ros_image::images::LayerStore,
+        /// A user-data to bake into the image (the lowest-precedence source); validated.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
     },
     /// Fetch (or find cached) the kernel package for an architecture and print its release.
     Kernel {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             refresh_kernel,
             null_init,
             layer_store,
+            user_data,
         } => ros_image::build(&BuildOptions {
             arch,
             out: out.unwrap_or_else(|| ros_image::default_out(arch)),
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             },
             quiet: false,
             layer_store,
+            user_data,
         })
         .map(|m| {
             ros_image::progress(&format!(

@@ -249,6 +249,19 @@ async fn boot(started: u64) -> ! {
     }
 
     let gathered = tl.phase("config", || {
+        match crate::nocloud::read(&sys, loader.as_mut()) {
+            Ok(Some(drive)) => {
+                log::info!("config: NoCloud drive {}", drive.device);
+                if let Err(e) = sources::keep_nocloud(&drive) {
+                    errors.push(format!("config: keeping the NoCloud data: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("config: NoCloud drive: {e}");
+                errors.push(format!("config: NoCloud drive: {e}"));
+            }
+        }
         sources::gather(&sources::system_files(), &cmdline)
     });
     for e in &gathered.read.errors {

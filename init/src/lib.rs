@@ -11,6 +11,7 @@ pub mod kmod;
 pub mod logger;
 pub mod mounts;
 pub mod network;
+pub mod nocloud;
 pub mod power;
 pub mod ready;
 pub mod services;

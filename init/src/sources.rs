@@ -16,6 +16,11 @@ pub const FW_CFG_SOURCE: &str = "fw_cfg:opt/ros/user-data";
 pub const IMAGE_USER_DATA: &str = "/usr/lib/ros/user-data.toml";
 /// The config persisted on the state disk (what `ros config set` writes).
 pub const STATE_USER_DATA: &str = "/var/lib/ros/config/user-data.toml";
+/// Where sources that are not files of their own (the NoCloud drive, unmounted once read) are
+/// kept for the boot, so that `ros config` reads them as the boot did.
+pub const RUN_SOURCES: &str = "/run/ros/sources";
+pub const NOCLOUD_META_SOURCE: &str = "nocloud:meta-data";
+pub const NOCLOUD_USER_SOURCE: &str = "nocloud:user-data";
 /// Larger user-data (after decompression) is refused.
 pub const MAX_BYTES: u64 = 1 << 20;
 
@@ -52,11 +57,32 @@ impl FileSource {
 
 /// The file sources of a booted machine, lowest precedence first.
 pub fn system_files() -> Vec<FileSource> {
+    let run = std::path::Path::new(RUN_SOURCES);
     vec![
         FileSource::new(&format!("image:{IMAGE_USER_DATA}"), IMAGE_USER_DATA),
         FileSource::new(&format!("state:{STATE_USER_DATA}"), STATE_USER_DATA),
+        FileSource::new(NOCLOUD_META_SOURCE, run.join("nocloud-meta-data.toml")),
+        FileSource::new(NOCLOUD_USER_SOURCE, run.join("nocloud-user-data")),
         FileSource::new(FW_CFG_SOURCE, FW_CFG_USER_DATA),
     ]
+}
+
+/// Keeps what the NoCloud drive gave under [`RUN_SOURCES`]: its user-data as it is, its
+/// meta-data's `local-hostname` as a one-key user-data (below the drive's user-data).
+pub fn keep_nocloud(drive: &crate::nocloud::Drive) -> std::io::Result<()> {
+    let run = std::path::Path::new(RUN_SOURCES);
+    std::fs::create_dir_all(run)?;
+    if let Some(h) = &drive.meta_data.local_hostname {
+        let quoted = serde_json::to_string(h).unwrap_or_default();
+        std::fs::write(
+            run.join("nocloud-meta-data.toml"),
+            format!("hostname = {quoted}\n"),
+        )?;
+    }
+    if let Some(u) = &drive.user_data {
+        std::fs::write(run.join("nocloud-user-data"), u)?;
+    }
+    Ok(())
 }
 
 /// The text of user-data bytes: gunzipped when they are gzip, then UTF-8.

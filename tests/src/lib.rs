@@ -43,6 +43,7 @@ fn build(arch: Arch, init: InitKind) -> Result<PathBuf> {
         init,
         quiet: true,
         layer_store: ros_image::images::LayerStore::Tree,
+        user_data: None,
     })?;
     Ok(out)
 }

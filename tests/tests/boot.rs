@@ -96,12 +96,15 @@ fn full_user_data(arch: Arch) -> Result<()> {
             )
         })
         .collect();
-    // No baked config, no state disk in this boot; fw_cfg and the command line read.
+    // No baked config, no state disk, no NoCloud drive in this boot; fw_cfg and the command
+    // line read.
     assert_eq!(
         sources,
         [
             ("image:/usr/lib/ros/user-data.toml", "absent"),
             ("state:/var/lib/ros/config/user-data.toml", "absent"),
+            ("nocloud:meta-data", "absent"),
+            ("nocloud:user-data", "absent"),
             ("fw_cfg:opt/ros/user-data", "read"),
             ("cmdline", "read")
         ]

@@ -161,6 +161,7 @@ pub fn storage(arch: Arch, runs: usize) -> Result<()> {
         init: InitKind::Ros,
         quiet: true,
         layer_store: LayerStore::Erofs,
+        user_data: None,
     })?;
     let tree: ros_image::Manifest =
         serde_json::from_slice(&std::fs::read(tree_dir.join("manifest.json"))?)

@@ -1,0 +1,198 @@
+//! The user-data sources and their precedence, booted in QEMU on both arches with real
+//! artifacts: a NoCloud config drive (an ISO9660 volume labelled `cidata`, made with
+//! genisoimage, its user-data gzip-compressed), QEMU fw_cfg, the kernel command line, and the
+//! state disk's persisted config (set with `ros config set`, read at the next boot), and a
+//! config baked into the image.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use ros_qemu::Guest;
+use ros_tests::{Arch, READY_TIMEOUT, SshKey, config, free_port};
+use serde_json::Value;
+
+const SSH: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// A NoCloud seed ISO with `user-data` (gzip) and `meta-data`.
+fn seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> Result<std::path::PathBuf> {
+    let src = dir.join("seed");
+    std::fs::create_dir_all(&src)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(user_data.as_bytes())?;
+    std::fs::write(src.join("user-data"), gz.finish()?)?;
+    std::fs::write(src.join("meta-data"), meta_data)?;
+    let iso = dir.join("seed.iso");
+    let out = Command::new("genisoimage")
+        .args(["-quiet", "-output"])
+        .arg(&iso)
+        .args(["-volid", "cidata", "-joliet", "-rock"])
+        .arg(src.join("user-data"))
+        .arg(src.join("meta-data"))
+        .output()
+        .context("genisoimage (apt-get install genisoimage)")?;
+    ensure!(
+        out.status.success(),
+        "genisoimage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(iso)
+}
+
+fn sources_of(key: &SshKey, port: u16) -> Result<Value> {
+    let out = key.run(port, "ros config sources -o json", SSH)?;
+    serde_json::from_str(out.trim()).context(out)
+}
+
+fn source_of(sources: &Value, k: &str) -> String {
+    sources["keys"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["key"] == k))
+        .map(|x| x["source"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+fn precedence(arch: Arch) -> Result<()> {
+    let key = SshKey::new()?;
+    let dir = tempfile::tempdir()?;
+    let iso = seed_iso(
+        dir.path(),
+        "hostname = \"from-nocloud\"\n[sysctl]\n\"vm.swappiness\" = 7\n\"vm.dirty_ratio\" = 21\n",
+        "instance-id: iid-ros-1\nlocal-hostname: meta-host\n",
+    )?;
+    let disk = dir.path().join("state.img");
+    ros_qemu::blank_disk(&disk, 256 << 20)?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    writeln!(
+        ud,
+        "ssh_authorized_keys = [\"{}\"]\n[sysctl]\n\"vm.swappiness\" = 9",
+        key.public
+    )?;
+    let port = free_port()?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(port, 22)];
+    // The state disk first (vda), the config drive second.
+    cfg.disks = vec![disk.clone(), iso.clone()];
+    cfg.append = vec!["ros.sysctl.vm.dirty_background_ratio=6".into()];
+
+    let mut g = Guest::spawn(&cfg)?;
+    let r = g.wait_ready(READY_TIMEOUT)?;
+    let ctx = format!("{:#}\n{}", r["config_sources"], g.tail(30));
+    ensure!(r["config_errors"] == serde_json::json!([]), "{ctx}");
+    // NoCloud's user-data (gzip) beats its meta-data's local-hostname.
+    ensure!(r["hostname"] == "from-nocloud", "{ctx}");
+    // fw_cfg beats NoCloud; NoCloud alone sets dirty_ratio; the command line its own key.
+    ensure!(r["sysctl"]["vm.swappiness"] == "9", "{:#}", r["sysctl"]);
+    ensure!(r["sysctl"]["vm.dirty_ratio"] == "21", "{:#}", r["sysctl"]);
+    ensure!(
+        r["sysctl"]["vm.dirty_background_ratio"] == "6",
+        "{:#}",
+        r["sysctl"]
+    );
+    let status = |name: &str| {
+        r["config_sources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["source"] == name))
+            .map(|s| s["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    ensure!(status("nocloud:user-data") == "read", "{ctx}");
+    ensure!(status("nocloud:meta-data") == "read", "{ctx}");
+
+    // The persisted config sits below NoCloud: its hostname loses, its own key holds.
+    key.run(
+        port,
+        "ros config set hostname from-state && ros config set sysctl.vm.overcommit_ratio 60",
+        SSH,
+    )?;
+    let s = sources_of(&key, port)?;
+    ensure!(source_of(&s, "hostname") == "nocloud:user-data", "{s:#}");
+    ensure!(
+        source_of(&s, "sysctl.vm.overcommit_ratio") == "state:/var/lib/ros/config/user-data.toml",
+        "{s:#}"
+    );
+    ensure!(
+        source_of(&s, "sysctl.vm.swappiness") == "fw_cfg:opt/ros/user-data",
+        "{s:#}"
+    );
+    ensure!(
+        source_of(&s, "sysctl.vm.dirty_background_ratio") == "cmdline",
+        "{s:#}"
+    );
+    g.kill();
+    drop(g);
+
+    // Next boot, without the config drive: the persisted hostname now shows.
+    cfg.disks = vec![disk];
+    let mut g = Guest::spawn(&cfg)?;
+    let r = g.wait_ready(READY_TIMEOUT)?;
+    ensure!(r["hostname"] == "from-state", "{}", r["hostname"]);
+    ensure!(
+        r["sysctl"]["vm.overcommit_ratio"] == "60",
+        "{:#}",
+        r["sysctl"]
+    );
+    g.poweroff()?;
+    Ok(())
+}
+
+/// An image with a baked config (`ros-image build --user-data`): the lowest source, which the
+/// command line still overrides.
+fn baked(arch: Arch) -> Result<()> {
+    let base = ros_tests::image(arch)?;
+    let out = base.with_file_name(format!("{}-baked", arch.name()));
+    let dir = tempfile::tempdir()?;
+    let ud = dir.path().join("baked.toml");
+    std::fs::write(
+        &ud,
+        "hostname = \"baked-host\"\n[sysctl]\n\"vm.swappiness\" = 11\n\"vm.dirty_ratio\" = 22\n",
+    )?;
+    ros_image::build(&ros_image::BuildOptions {
+        arch,
+        out: out.clone(),
+        refresh_kernel: false,
+        init: ros_image::InitKind::Ros,
+        quiet: true,
+        layer_store: ros_image::images::LayerStore::Tree,
+        user_data: Some(ud),
+    })?;
+    let mut cfg = config(arch)?;
+    cfg.image = out;
+    cfg.append = vec!["ros.sysctl.vm.swappiness=12".into()];
+    let (mut g, r) = ros_tests::boot_ready(&cfg)?;
+    ensure!(r["hostname"] == "baked-host", "{}", r["hostname"]);
+    ensure!(r["sysctl"]["vm.dirty_ratio"] == "22", "{:#}", r["sysctl"]);
+    ensure!(r["sysctl"]["vm.swappiness"] == "12", "{:#}", r["sysctl"]);
+    ensure!(
+        r["config_sources"][0]
+            == serde_json::json!({"source": "image:/usr/lib/ros/user-data.toml", "status": "read"}),
+        "{:#}",
+        r["config_sources"]
+    );
+    g.poweroff()?;
+    Ok(())
+}
+
+mod x86_64 {
+    #[test]
+    fn precedence() -> anyhow::Result<()> {
+        super::precedence(super::Arch::X86_64)
+    }
+    #[test]
+    fn baked() -> anyhow::Result<()> {
+        super::baked(super::Arch::X86_64)
+    }
+}
+
+mod aarch64 {
+    #[test]
+    fn precedence() -> anyhow::Result<()> {
+        super::precedence(super::Arch::Aarch64)
+    }
+    #[test]
+    fn baked() -> anyhow::Result<()> {
+        super::baked(super::Arch::Aarch64)
+    }
+}
