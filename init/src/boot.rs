@@ -295,6 +295,30 @@ async fn boot(started: u64) -> ! {
         .await;
     errors.append(&mut net.errors);
 
+    // The metadata service, once the network is up: its config layers in, and what can still
+    // change (hostname, sysctls, modules) is applied again.
+    let gathered = match ros_config::cmdline::option(&params, crate::metadata::URL_OPTION) {
+        Some(url) => {
+            let timeout = ros_config::cmdline::option(&params, crate::metadata::TIMEOUT_OPTION);
+            tl.phase_async(
+                "datasource",
+                datasource(
+                    url,
+                    timeout,
+                    gathered,
+                    &cmdline,
+                    &sys,
+                    loader.as_mut(),
+                    &mut errors,
+                ),
+            )
+            .await
+        }
+        None => gathered,
+    };
+    let cfg = &gathered.read.data;
+    let hostname = system::choose_hostname(cfg.hostname.as_ref(), first_nic_mac(Path::new("/sys")));
+
     // The API's socket exists before the services start (the console mounts its folder);
     // requests that need the supervisor wait for the main loop.
     let (api_tx, mut api_rx) = mpsc::unbounded_channel();
@@ -394,6 +418,90 @@ async fn boot(started: u64) -> ! {
             },
         }
     }
+}
+
+/// Reads the metadata service at `url` and layers it in; returns the new gathering (or the old
+/// one, with the failure noted, when the service gave nothing).
+async fn datasource(
+    url: &str,
+    timeout: Option<&str>,
+    before: sources::Gathered,
+    cmdline: &str,
+    sys: &RealSys,
+    loader: Option<&mut Loader>,
+    errors: &mut Vec<String>,
+) -> sources::Gathered {
+    let fail = |mut g: sources::Gathered, e: String| {
+        log::error!("metadata: {e}");
+        g.read.errors.push(ros_config::ConfigError::new(
+            sources::METADATA_USER_SOURCE,
+            ros_config::Pos::default(),
+            "",
+            e,
+        ));
+        for s in &mut g.sources {
+            if s.source.starts_with("metadata:") {
+                s.status = "failed";
+            }
+        }
+        g
+    };
+    let url = match crate::metadata::parse_url(url) {
+        Ok(u) => u,
+        Err(e) => return fail(before, e),
+    };
+    let timeout = match timeout.map(str::parse::<ros_config::Dur>) {
+        None => crate::metadata::DEFAULT_TIMEOUT,
+        Some(Ok(d)) => d.0,
+        Some(Err(e)) => {
+            errors.push(format!("ros.datasource.timeout: {e}; using 10s"));
+            crate::metadata::DEFAULT_TIMEOUT
+        }
+    };
+    let fetched = match crate::metadata::fetch(&url, timeout).await {
+        Ok(f) => f,
+        Err(e) => return fail(before, e),
+    };
+    if let Err(e) = sources::keep_metadata(&fetched) {
+        return fail(before, format!("keeping what it gave: {e}"));
+    }
+    let after = sources::gather(&sources::system_files(), cmdline);
+    let (old, new) = (&before.read.data, &after.read.data);
+    if new.hostname != old.hostname
+        && let Some(h) = &new.hostname
+    {
+        errors.extend(system::set_hostname(sys, Path::new("/etc"), &h.to_string()));
+        log::info!("hostname {h} (from the metadata service)");
+    }
+    if new.sysctl != old.sysctl {
+        errors.extend(system::set_sysctls(
+            sys,
+            Path::new("/proc/sys"),
+            &new.sysctl,
+        ));
+    }
+    if new.modules != old.modules
+        && let (Some(l), Some(m)) = (loader, &new.modules)
+    {
+        let names: Vec<String> = m.iter().map(|m| m.as_str().to_string()).collect();
+        l.load(sys, &names);
+    }
+    if new.network != old.network {
+        errors.push(
+            "metadata: its network settings are not applied (the network is configured before \
+             the metadata service can be read); put them in an earlier source"
+                .into(),
+        );
+    }
+    for e in after
+        .read
+        .errors
+        .iter()
+        .filter(|e| e.source.starts_with("metadata:"))
+    {
+        log::error!("config: {e}");
+    }
+    after
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod images;
 pub mod kmod;
 pub mod logger;
+pub mod metadata;
 pub mod mounts;
 pub mod network;
 pub mod nocloud;

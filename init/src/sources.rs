@@ -21,6 +21,8 @@ pub const STATE_USER_DATA: &str = "/var/lib/ros/config/user-data.toml";
 pub const RUN_SOURCES: &str = "/run/ros/sources";
 pub const NOCLOUD_META_SOURCE: &str = "nocloud:meta-data";
 pub const NOCLOUD_USER_SOURCE: &str = "nocloud:user-data";
+pub const METADATA_META_SOURCE: &str = "metadata:meta-data";
+pub const METADATA_USER_SOURCE: &str = "metadata:user-data";
 /// Larger user-data (after decompression) is refused.
 pub const MAX_BYTES: u64 = 1 << 20;
 
@@ -64,6 +66,8 @@ pub fn system_files() -> Vec<FileSource> {
         FileSource::new(NOCLOUD_META_SOURCE, run.join("nocloud-meta-data.toml")),
         FileSource::new(NOCLOUD_USER_SOURCE, run.join("nocloud-user-data")),
         FileSource::new(FW_CFG_SOURCE, FW_CFG_USER_DATA),
+        FileSource::new(METADATA_META_SOURCE, run.join("metadata-meta-data.toml")),
+        FileSource::new(METADATA_USER_SOURCE, run.join("metadata-user-data")),
     ]
 }
 
@@ -81,6 +85,23 @@ pub fn keep_nocloud(drive: &crate::nocloud::Drive) -> std::io::Result<()> {
     }
     if let Some(u) = &drive.user_data {
         std::fs::write(run.join("nocloud-user-data"), u)?;
+    }
+    Ok(())
+}
+
+/// Keeps what the metadata service gave under [`RUN_SOURCES`], as for NoCloud.
+pub fn keep_metadata(f: &crate::metadata::Fetched) -> std::io::Result<()> {
+    let run = std::path::Path::new(RUN_SOURCES);
+    std::fs::create_dir_all(run)?;
+    if let Some(h) = &f.local_hostname {
+        let quoted = serde_json::to_string(h).unwrap_or_default();
+        std::fs::write(
+            run.join("metadata-meta-data.toml"),
+            format!("hostname = {quoted}\n"),
+        )?;
+    }
+    if let Some(u) = &f.user_data {
+        std::fs::write(run.join("metadata-user-data"), u)?;
     }
     Ok(())
 }

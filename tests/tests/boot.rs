@@ -106,6 +106,8 @@ fn full_user_data(arch: Arch) -> Result<()> {
             ("nocloud:meta-data", "absent"),
             ("nocloud:user-data", "absent"),
             ("fw_cfg:opt/ros/user-data", "read"),
+            ("metadata:meta-data", "absent"),
+            ("metadata:user-data", "absent"),
             ("cmdline", "read")
         ]
     );

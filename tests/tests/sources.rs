@@ -1,6 +1,7 @@
 //! The user-data sources and their precedence, booted in QEMU on both arches with real
 //! artifacts: a NoCloud config drive (an ISO9660 volume labelled `cidata`, made with
-//! genisoimage, its user-data gzip-compressed), QEMU fw_cfg, the kernel command line, and the
+//! genisoimage, its user-data gzip-compressed), QEMU fw_cfg, an HTTP metadata service on the
+//! host, the kernel command line, and the
 //! state disk's persisted config (set with `ros config set`, read at the next boot), and a
 //! config baked into the image.
 
@@ -138,6 +139,110 @@ fn precedence(arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// A metadata service on the host (QEMU's user network shows the host as 10.0.2.2): it answers
+/// 503 at first, then the user-data and the local hostname.
+fn metadata_server() -> Result<u16> {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for (i, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let (status, body) = if i < 2 {
+                ("503 Busy", String::new())
+            } else if path == "/latest/user-data" {
+                (
+                    "200 OK",
+                    "hostname = \"from-metadata\"\n[sysctl]\n\"vm.swappiness\" = 13\n\"vm.dirty_background_ratio\" = 8\n"
+                        .to_string(),
+                )
+            } else if path == "/latest/meta-data/local-hostname" {
+                ("200 OK", "md-host\n".to_string())
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(port)
+}
+
+fn metadata(arch: Arch) -> Result<()> {
+    let port = metadata_server()?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    writeln!(
+        ud,
+        "[sysctl]\n\"vm.swappiness\" = 9\n\"vm.dirty_ratio\" = 23"
+    )?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.append = vec![
+        format!("ros.datasource=http://10.0.2.2:{port}/"),
+        "ros.sysctl.vm.dirty_background_ratio=5".into(),
+    ];
+    let (mut g, r) = ros_tests::boot_ready(&cfg)?;
+    let ctx = format!(
+        "{:#}\n{:#}\n{}",
+        r["config_sources"],
+        r["config_errors"],
+        g.tail(30)
+    );
+    ensure!(r["config_errors"] == serde_json::json!([]), "{ctx}");
+    // Its user-data beats its local-hostname and fw_cfg; the command line beats it.
+    ensure!(r["hostname"] == "from-metadata", "{ctx}");
+    ensure!(r["sysctl"]["vm.swappiness"] == "13", "{:#}", r["sysctl"]);
+    ensure!(r["sysctl"]["vm.dirty_ratio"] == "23", "{:#}", r["sysctl"]);
+    ensure!(
+        r["sysctl"]["vm.dirty_background_ratio"] == "5",
+        "{:#}",
+        r["sysctl"]
+    );
+    ensure!(
+        r["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|p| p["phase"] == "datasource")),
+        "{ctx}"
+    );
+    g.poweroff()?;
+    drop(g);
+
+    // Nobody answers: the boot goes on after the deadline, and says why.
+    cfg.append = vec![
+        "ros.datasource=http://10.0.2.2:9/".into(),
+        "ros.datasource.timeout=2s".into(),
+    ];
+    let (mut g, r) = ros_tests::boot_ready(&cfg)?;
+    let failed = r["config_sources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["source"] == "metadata:user-data"))
+        .map(|s| s["status"].clone());
+    ensure!(
+        failed == Some(serde_json::json!("failed")),
+        "{:#}",
+        r["config_sources"]
+    );
+    ensure!(
+        r["config_errors"].to_string().contains("deadline"),
+        "{:#}",
+        r["config_errors"]
+    );
+    ensure!(r["sysctl"]["vm.swappiness"] == "9", "fw_cfg still applies");
+    g.poweroff()?;
+    Ok(())
+}
+
 /// An image with a baked config (`ros-image build --user-data`): the lowest source, which the
 /// command line still overrides.
 fn baked(arch: Arch) -> Result<()> {
@@ -184,6 +289,10 @@ mod x86_64 {
     fn baked() -> anyhow::Result<()> {
         super::baked(super::Arch::X86_64)
     }
+    #[test]
+    fn metadata() -> anyhow::Result<()> {
+        super::metadata(super::Arch::X86_64)
+    }
 }
 
 mod aarch64 {
@@ -194,5 +303,9 @@ mod aarch64 {
     #[test]
     fn baked() -> anyhow::Result<()> {
         super::baked(super::Arch::Aarch64)
+    }
+    #[test]
+    fn metadata() -> anyhow::Result<()> {
+        super::metadata(super::Arch::Aarch64)
     }
 }

@@ -8,7 +8,12 @@ use crate::error::{ConfigError, Pos};
 use crate::node::{Node, Value};
 
 /// Keys of the command line that are ros options, not user-data.
-pub const OPTION_KEYS: &[&str] = &["datasource", "debug", "state.autoformat"];
+pub const OPTION_KEYS: &[&str] = &[
+    "datasource",
+    "datasource.timeout",
+    "debug",
+    "state.autoformat",
+];
 
 /// One `key=value` word of the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
