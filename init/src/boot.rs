@@ -282,6 +282,9 @@ async fn boot(started: u64) -> ! {
             Path::new("/proc/sys"),
             &cfg.sysctl,
         ));
+        if let Some(files) = &cfg.write_files {
+            errors.extend(system::write_files(Path::new("/"), files));
+        }
         log::info!("hostname {hostname}");
         hostname
     });

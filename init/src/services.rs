@@ -57,6 +57,68 @@ pub fn shipped(dir: &Path) -> (BTreeMap<String, Service>, Vec<ConfigError>) {
     (all.services, errors)
 }
 
+/// The shipped system services `runcmd` waits for.
+const SYSTEM_SERVICES: &[&str] = &["syslog", "ntp", "console"];
+
+/// `bootcmd` and `runcmd` as one-shot services: privileged busybox containers that share the
+/// host's network, PID, IPC and UTS namespaces, with the host's root at `/host`. `bootcmd` runs
+/// before every other service starts; `runcmd` once the system services run.
+fn host_commands(
+    cfg: &UserData,
+    services: &mut BTreeMap<String, Service>,
+    errors: &mut Vec<ConfigError>,
+) {
+    fn add(
+        services: &mut BTreeMap<String, Service>,
+        errors: &mut Vec<ConfigError>,
+        name: &str,
+        cmds: &[ros_config::host::Command],
+        deps: Vec<String>,
+    ) {
+        if services.contains_key(name) {
+            errors.push(ConfigError::new(
+                "services",
+                ros_config::Pos::default(),
+                &format!("services.{name}"),
+                format!("`{name}` is the name of the `{name}` commands' service; this definition is ignored"),
+            ));
+        }
+        let script =
+            serde_json::to_string(&ros_config::host::script(name, cmds)).unwrap_or_default();
+        let deps = serde_json::to_string(&deps).unwrap_or_default();
+        let text = format!(
+            "[services.{name}]\nimage = \"busybox\"\ncommand = [\"/bin/sh\", \"-c\", {script}]\n\
+             oneshot = true\nprivileged = true\nhost_namespaces = [\"net\", \"pid\", \"ipc\", \"uts\"]\n\
+             volumes = [\"/:/host\"]\ndepends_on = {deps}\n"
+        );
+        let r = ros_config::from_toml(name, &text);
+        errors.extend(r.errors);
+        services.extend(r.data.services);
+    }
+    if let Some(cmds) = &cfg.bootcmd {
+        add(services, errors, "bootcmd", cmds, Vec::new());
+        for (name, s) in services.iter_mut() {
+            if name != "bootcmd" && s.enabled != Some(false) {
+                let mut deps = s.depends_on.clone().unwrap_or_default();
+                deps.push(ros_config::service::Located {
+                    value: "bootcmd".into(),
+                    source: "bootcmd".into(),
+                    pos: ros_config::Pos::default(),
+                });
+                s.depends_on = Some(deps);
+            }
+        }
+    }
+    if let Some(cmds) = &cfg.runcmd {
+        let deps: Vec<String> = SYSTEM_SERVICES
+            .iter()
+            .filter(|n| services.get(**n).is_some_and(|s| s.enabled != Some(false)))
+            .map(|n| n.to_string())
+            .collect();
+        add(services, errors, "runcmd", cmds, deps);
+    }
+}
+
 /// Writes the user-data's SSH keys where the console service mounts them from.
 fn authorized_keys(paths: &Paths, keys: Option<&[String]>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
@@ -142,12 +204,18 @@ pub fn start(
     for (name, s) in &cfg.services {
         services.entry(name.clone()).or_default().merge(s.clone());
     }
+    host_commands(cfg, &mut services, config_errors);
     let ntp = cfg
         .ntp
         .servers
         .clone()
         .unwrap_or_else(|| vec!["pool.ntp.org".into()]);
-    let env = vec![format!("ROS_NTP_SERVERS={}", ntp.join(","))];
+    let mut env: Vec<String> = cfg
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("ROS_NTP_SERVERS={}", ntp.join(",")));
     let opts = SpawnOptions {
         cgroup_root: "/sys/fs/cgroup".into(),
         run_root: paths.run.join("containers"),

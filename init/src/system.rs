@@ -84,9 +84,68 @@ pub fn read_back(
         .collect()
 }
 
+/// Writes the user-data's `write_files` under `root` (`/`). Returns the errors, each naming
+/// its item; the others are still written.
+pub fn write_files(root: &Path, files: &[ros_config::host::WriteFile]) -> Vec<String> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut errors = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let path = root.join(f.path.trim_start_matches('/'));
+        let r = (|| -> Result<(), String> {
+            let bytes = f.bytes()?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(f.append)
+                .truncate(!f.append)
+                .open(&path)
+                .map_err(|e| e.to_string())?;
+            file.write_all(&bytes).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.permissions))
+                .map_err(|e| format!("chmod: {e}"))?;
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(f.owner.0)),
+                Some(nix::unistd::Gid::from_raw(f.owner.1)),
+            )
+            .map_err(|e| format!("chown: {e}"))
+        })();
+        if let Err(e) = r {
+            errors.push(format!("write_files[{i}] ({}): {e}", f.path));
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_appends_and_names_failures() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let r = ros_config::from_toml(
+            "t",
+            "[[write_files]]\npath = \"/etc/a/b.conf\"\ncontent = \"one\\n\"\npermissions = \"0600\"\n[[write_files]]\npath = \"/etc/a/b.conf\"\ncontent = \"dHdvCg==\"\nencoding = \"base64\"\nappend = true\n[[write_files]]\npath = \"/etc/a/b.conf/under-a-file\"\n",
+        );
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let errors = write_files(dir.path(), &r.data.write_files.expect("files"));
+        let p = dir.path().join("etc/a/b.conf");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "one\ntwo\n");
+        use std::os::unix::fs::PermissionsExt;
+        // Each item sets its own mode: the appending one left the default.
+        assert_eq!(
+            std::fs::metadata(&p).expect("meta").permissions().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("write_files[2]"), "{errors:?}");
+    }
     use crate::sys::Recorder;
 
     #[test]

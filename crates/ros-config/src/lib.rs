@@ -6,6 +6,7 @@
 pub mod cmdline;
 pub mod edit;
 pub mod error;
+pub mod host;
 pub mod node;
 pub mod schema;
 pub mod service;

@@ -29,18 +29,15 @@ const TOP_KEYS: &[&str] = &[
     "services",
     "ssh_authorized_keys",
     "ntp",
-];
-
-/// Top-level keys of the designed schema that later ros versions fill in; they are recognised so
-/// that the error says "not supported yet" instead of "unknown".
-const PLANNED_TOP_KEYS: &[&str] = &[
-    "users",
     "write_files",
     "bootcmd",
     "runcmd",
     "environment",
-    "console",
 ];
+
+/// Top-level keys of the designed schema that later ros versions fill in; they are recognised so
+/// that the error says "not supported yet" instead of "unknown".
+const PLANNED_TOP_KEYS: &[&str] = &["users", "console"];
 const NTP_KEYS: &[&str] = &["servers"];
 
 const NETWORK_KEYS: &[&str] = &["online_timeout", "dns", "interfaces"];
@@ -73,6 +70,18 @@ pub struct UserData {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_authorized_keys: Option<Vec<String>>,
     pub ntp: Ntp,
+    /// Files written on the host before the services start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_files: Option<Vec<crate::host::WriteFile>>,
+    /// Commands run before every other service (see `docs/user-data.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootcmd: Option<Vec<crate::host::Command>>,
+    /// Commands run once the system services run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runcmd: Option<Vec<crate::host::Command>>,
+    /// Environment for every service (each service's own `env` wins).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -150,6 +159,10 @@ impl UserData {
         self.sysctl.extend(higher.sysctl);
         set(&mut self.ssh_authorized_keys, higher.ssh_authorized_keys);
         set(&mut self.ntp.servers, higher.ntp.servers);
+        set(&mut self.write_files, higher.write_files);
+        set(&mut self.bootcmd, higher.bootcmd);
+        set(&mut self.runcmd, higher.runcmd);
+        self.environment.extend(higher.environment);
         for (name, svc) in higher.services {
             self.services.entry(name).or_default().merge(svc);
         }
@@ -221,6 +234,10 @@ pub fn read(w: &mut Walker<'_>, root: &Node) -> UserData {
                     });
                 }
             }
+            "write_files" => out.write_files = crate::host::read_write_files(w, n),
+            "bootcmd" => out.bootcmd = crate::host::read_commands(w, "bootcmd", n),
+            "runcmd" => out.runcmd = crate::host::read_commands(w, "runcmd", n),
+            "environment" => out.environment = crate::host::read_environment(w, n),
             k if PLANNED_TOP_KEYS.contains(&k) => not_yet(w, e.key_pos, k),
             _ => w.unknown_key("", e, &allowed),
         }

@@ -15,6 +15,13 @@ fn the_documented_example_reads_without_errors() {
     assert_eq!(d.hostname.as_ref().map(|h| h.as_str()), Some("node1"));
     assert_eq!(d.modules.as_ref().map(Vec::len), Some(2));
     assert_eq!(d.sysctl.len(), 2);
+    assert_eq!(d.bootcmd.as_ref().map(Vec::len), Some(1));
+    assert_eq!(d.runcmd.as_ref().map(Vec::len), Some(1));
+    assert_eq!(d.environment.get("TZ").map(String::as_str), Some("UTC"));
+    assert_eq!(
+        d.write_files.as_ref().map(|f| f[0].path.as_str()),
+        Some("/var/lib/ros/web/index.html")
+    );
     let lan = d
         .network
         .interfaces
@@ -116,7 +123,7 @@ fn a_broken_file_reports_every_error_with_position_and_key() {
 
 #[test]
 fn planned_keys_are_named_as_not_yet_applied() {
-    let r = from_toml("t", "runcmd = [\"echo hi\"]\n");
+    let r = from_toml("t", "users = []\n");
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].message.contains("does not apply it yet"),

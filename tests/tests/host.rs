@@ -1,0 +1,115 @@
+//! The user-data keys that act on the host, booted in QEMU on both arches: `write_files`
+//! (plain and base64), `environment` for every service, `bootcmd` before the other services
+//! (writing through the host's root at /host) and `runcmd` once the system services run.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use ros_tests::{Arch, config, free_port};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+const USER_DATA: &str = r#"
+bootcmd = [
+  "echo bootcmd-ran $GREETING >> /host/etc/ros-test/index.html",
+  ["sh", "-c", "exit 3"],
+  "echo after-a-failure >> /host/etc/ros-test/index.html",
+]
+runcmd = ["echo runcmd-ran > /host/etc/ros-test/late.txt"]
+
+[environment]
+GREETING = "hello-env"
+
+[[write_files]]
+path = "/etc/ros-test/index.html"
+content = "written\n"
+
+[[write_files]]
+path = "/etc/ros-test/b64.txt"
+content = "ZnJvbSBiYXNlNjQK"
+encoding = "base64"
+permissions = "0600"
+
+[services.web]
+image = "busybox"
+command = ["sh", "-c", "echo env=$GREETING > /data/env.txt && exec httpd -f -p 8080 -h /data"]
+volumes = ["/etc/ros-test:/data"]
+host_namespaces = ["net"]
+"#;
+
+fn get(port: u16, path: &str) -> Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no header end")?;
+    ensure!(head.contains(" 200 "), "{path}: {head}");
+    Ok(body.to_string())
+}
+
+fn wait_get(port: u16, path: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match get(port, path) {
+            Ok(b) => return Ok(b),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn host_keys(arch: Arch) -> Result<()> {
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    ud.write_all(USER_DATA.as_bytes())?;
+    let port = free_port()?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(port, 8080)];
+    let (mut g, r) = ros_tests::boot_ready(&cfg)?;
+    ensure!(
+        r["config_errors"] == serde_json::json!([]),
+        "{:#}",
+        r["config_errors"]
+    );
+    ensure!(r["errors"] == serde_json::json!([]), "{:#}", r["errors"]);
+    let index = wait_get(port, "/index.html")?;
+    // write_files first, then every bootcmd line (a failing one does not stop the rest), all
+    // before the web service started.
+    ensure!(
+        index == "written\nbootcmd-ran hello-env\nafter-a-failure\n",
+        "{index:?}"
+    );
+    ensure!(wait_get(port, "/b64.txt")? == "from base64\n");
+    ensure!(wait_get(port, "/env.txt")? == "env=hello-env\n");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match get(port, "/late.txt") {
+            Ok(b) => {
+                ensure!(b == "runcmd-ran\n", "{b:?}");
+                break;
+            }
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.context("runcmd")),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    g.wait_for("service runcmd completed", WAIT)?;
+    g.poweroff()?;
+    Ok(())
+}
+
+mod x86_64 {
+    #[test]
+    fn host_keys() -> anyhow::Result<()> {
+        super::host_keys(super::Arch::X86_64)
+    }
+}
+
+mod aarch64 {
+    #[test]
+    fn host_keys() -> anyhow::Result<()> {
+        super::host_keys(super::Arch::Aarch64)
+    }
+}
