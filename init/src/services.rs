@@ -135,6 +135,30 @@ fn authorized_keys(paths: &Paths, keys: Option<&[String]>) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
+/// Writes the user-data's `users` where the console makes them from: `users` (one
+/// `name:uid:shell:group,group` line each) and `keys/<name>`.
+fn users(paths: &Paths, users: Option<&[ros_config::host::User]>) -> Result<(), String> {
+    let dir = paths.run.join("ssh");
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).map_err(|e| format!("creating {}: {e}", keys.display()))?;
+    let mut list = String::new();
+    for u in users.into_iter().flatten() {
+        list.push_str(&format!(
+            "{}:{}:{}:{}\n",
+            u.name,
+            u.uid,
+            u.shell,
+            u.groups.join(",")
+        ));
+        let mut k = u.ssh_authorized_keys.join("\n");
+        k.push('\n');
+        let f = keys.join(&u.name);
+        std::fs::write(&f, k).map_err(|e| format!("writing {}: {e}", f.display()))?;
+    }
+    let f = dir.join("users");
+    std::fs::write(&f, list).map_err(|e| format!("writing {}: {e}", f.display()))
+}
+
 /// Everything before the first container, then the supervisor, started. Problems go to
 /// `errors` (runtime) and `config_errors` (definitions); the boot goes on without services
 /// when containers cannot run at all.
@@ -183,6 +207,9 @@ pub fn start(
     }
     if let Err(e) = authorized_keys(&paths, cfg.ssh_authorized_keys.as_deref()) {
         errors.push(format!("ssh keys: {e}"));
+    }
+    if let Err(e) = users(&paths, cfg.users.as_deref()) {
+        errors.push(format!("users: {e}"));
     }
     log::debug!(
         "services: root switched at {} ms",

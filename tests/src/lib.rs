@@ -134,6 +134,11 @@ impl SshKey {
     /// Runs `cmd` as root over SSH on 127.0.0.1:`port`, retrying the connection until
     /// `timeout` (the server may still be starting). Returns stdout; fails on a non-zero exit.
     pub fn run(&self, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
+        self.run_as("root", port, cmd, timeout)
+    }
+
+    /// As [`SshKey::run`], logged in as `user`.
+    pub fn run_as(&self, user: &str, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let out = std::process::Command::new("ssh")
@@ -150,7 +155,7 @@ impl SshKey {
                     "ConnectTimeout=10",
                     "-o",
                     "BatchMode=yes",
-                    "root@127.0.0.1",
+                    &format!("{user}@127.0.0.1"),
                     cmd,
                 ])
                 .output()?;

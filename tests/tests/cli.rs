@@ -65,6 +65,11 @@ fn cli(arch: Arch) -> Result<()> {
     ros_qemu::blank_disk(&disk, 256 << 20)?;
     let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
     writeln!(ud, "ssh_authorized_keys = [\"{}\"]", key.public)?;
+    writeln!(
+        ud,
+        "[[users]]\nname = \"alice\"\ngroups = [\"wheel\"]\nssh_authorized_keys = [\"{}\"]",
+        key.public
+    )?;
     ud.write_all(USER_DATA.as_bytes())?;
     let port = free_port()?;
     let mut cfg = config(arch)?;
@@ -189,6 +194,15 @@ fn cli(arch: Arch) -> Result<()> {
     );
     let comp = ok(&key, port, "completions bash")?;
     ensure!(comp.contains("_ros()"), "completions");
+
+    // A user of the user-data logs in with its key, in its groups; the API refuses it.
+    let id = key.run_as("alice", port, "id; pwd", SSH)?;
+    ensure!(
+        id.contains("uid=1000(alice)") && id.contains("wheel") && id.contains("/home/alice"),
+        "{id}"
+    );
+    let out = key.run_as("alice", port, "ros os version 2>&1; echo \"exit=$?\"", SSH)?;
+    ensure!(out.contains("root only") && out.contains("exit=5"), "{out}");
 
     // Only root may use the API.
     let (_, out) = ros(

@@ -250,6 +250,102 @@ pub fn read_environment(w: &mut Walker<'_>, node: &Node) -> BTreeMap<String, Str
     out
 }
 
+const USER_KEYS: &[&str] = &["name", "uid", "groups", "ssh_authorized_keys", "shell"];
+/// Names the console's base layer has already.
+const RESERVED_USERS: &[&str] = &["root", "nobody"];
+
+/// A login user of the console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub name: String,
+    /// Its uid (and its own group's gid); by default 1000, 1001, ... in the list's order.
+    pub uid: u32,
+    pub groups: Vec<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub shell: String,
+}
+
+/// A Unix user or group name as `useradd` accepts it by default.
+fn unix_name(s: &str) -> bool {
+    let mut c = s.chars();
+    s.len() <= 32
+        && c.next().is_some_and(|f| f.is_ascii_lowercase() || f == '_')
+        && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '_' || x == '-')
+}
+
+pub fn read_users(w: &mut Walker<'_>, node: &Node) -> Option<Vec<User>> {
+    let mut next_uid = 1000u32;
+    let mut seen = Vec::new();
+    w.list("users", node, |w, p, n| {
+        let before = w.errors.len();
+        let mut name = None;
+        let mut uid = None;
+        let mut groups = Vec::new();
+        let mut keys = Vec::new();
+        let mut shell = "/bin/sh".to_string();
+        for e in w.table(p, n, USER_KEYS)? {
+            let kp = join(p, &e.key);
+            let v = &e.node;
+            match e.key.as_str() {
+                "name" => {
+                    if let Some(s) = w.string(&kp, v) {
+                        if !unix_name(&s) {
+                            w.err(v.pos, &kp, format!("`{s}` is not a user name (lowercase letters, digits, `_`, `-`; a letter or `_` first; at most 32)"));
+                        } else if RESERVED_USERS.contains(&s.as_str()) || seen.contains(&s) {
+                            w.err(v.pos, &kp, format!("user `{s}` exists already"));
+                        } else {
+                            seen.push(s.clone());
+                            name = Some(s);
+                        }
+                    }
+                }
+                "uid" => uid = w.int(&kp, v, 1000, 60000).and_then(|u| u32::try_from(u).ok()),
+                "groups" => {
+                    groups = w
+                        .list(&kp, v, |w, gp, g| {
+                            let s = w.string(gp, g)?;
+                            if unix_name(&s) {
+                                Some(s)
+                            } else {
+                                w.err(g.pos, gp, format!("`{s}` is not a group name"));
+                                None
+                            }
+                        })
+                        .unwrap_or_default();
+                }
+                "ssh_authorized_keys" => {
+                    keys = w.list(&kp, v, crate::schema::ssh_key).unwrap_or_default();
+                }
+                "shell" => {
+                    if let Some(s) = w.string(&kp, v) {
+                        if s.starts_with('/') && !s.contains(char::is_whitespace) {
+                            shell = s;
+                        } else {
+                            w.err(v.pos, &kp, format!("expected an absolute path like /bin/sh, found `{s}`"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(name) = name else {
+            if w.errors.len() == before {
+                w.err(n.pos, p, "a user needs a `name`");
+            }
+            return None;
+        };
+        let uid = uid.unwrap_or(next_uid);
+        next_uid = next_uid.max(uid + 1);
+        (w.errors.len() == before).then_some(User {
+            name,
+            uid,
+            groups,
+            ssh_authorized_keys: keys,
+            shell,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +424,39 @@ encoding = "gzip+base64"
         assert!(out.status.success());
         assert!(text.contains("x[0] failed with status 1"), "{text}");
         assert!(text.contains("one\n") && text.contains("it's\n"), "{text}");
+    }
+
+    #[test]
+    fn users_are_checked_and_numbered() {
+        let r = crate::from_toml(
+            "t",
+            "[[users]]\nname = \"alice\"\ngroups = [\"wheel\"]\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx a\"]\n[[users]]\nname = \"bob\"\nuid = 1500\nshell = \"/bin/ash\"\n[[users]]\nname = \"carol\"\n",
+        );
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let u = r.data.users.expect("users");
+        let ids: Vec<(&str, u32)> = u.iter().map(|u| (u.name.as_str(), u.uid)).collect();
+        assert_eq!(ids, [("alice", 1000), ("bob", 1500), ("carol", 1501)]);
+        let r = crate::from_toml(
+            "t",
+            "[[users]]\nname = \"Root!\"\n[[users]]\nname = \"root\"\n[[users]]\nnme = \"x\"\n[[users]]\nname = \"d\"\nuid = 5\n",
+        );
+        let keys: Vec<&str> = r.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "users[0].name",
+                "users[1].name",
+                "users[2].nme",
+                "users[3].uid"
+            ],
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.errors[2].message.contains("did you mean `name`"),
+            "{:?}",
+            r.errors
+        );
     }
 
     #[test]

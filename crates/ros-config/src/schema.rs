@@ -33,11 +33,12 @@ const TOP_KEYS: &[&str] = &[
     "bootcmd",
     "runcmd",
     "environment",
+    "users",
 ];
 
 /// Top-level keys of the designed schema that later ros versions fill in; they are recognised so
 /// that the error says "not supported yet" instead of "unknown".
-const PLANNED_TOP_KEYS: &[&str] = &["users", "console"];
+const PLANNED_TOP_KEYS: &[&str] = &["console"];
 const NTP_KEYS: &[&str] = &["servers"];
 
 const NETWORK_KEYS: &[&str] = &["online_timeout", "dns", "interfaces"];
@@ -82,6 +83,9 @@ pub struct UserData {
     /// Environment for every service (each service's own `env` wins).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
+    /// Login users of the console.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<crate::host::User>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -163,6 +167,7 @@ impl UserData {
         set(&mut self.bootcmd, higher.bootcmd);
         set(&mut self.runcmd, higher.runcmd);
         self.environment.extend(higher.environment);
+        set(&mut self.users, higher.users);
         for (name, svc) in higher.services {
             self.services.entry(name).or_default().merge(svc);
         }
@@ -238,6 +243,7 @@ pub fn read(w: &mut Walker<'_>, root: &Node) -> UserData {
             "bootcmd" => out.bootcmd = crate::host::read_commands(w, "bootcmd", n),
             "runcmd" => out.runcmd = crate::host::read_commands(w, "runcmd", n),
             "environment" => out.environment = crate::host::read_environment(w, n),
+            "users" => out.users = crate::host::read_users(w, n),
             k if PLANNED_TOP_KEYS.contains(&k) => not_yet(w, e.key_pos, k),
             _ => w.unknown_key("", e, &allowed),
         }
@@ -246,7 +252,7 @@ pub fn read(w: &mut Walker<'_>, root: &Node) -> UserData {
 }
 
 /// An SSH public key line: `TYPE BASE64 [COMMENT]`.
-fn ssh_key(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
+pub(crate) fn ssh_key(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
     let s = w.string(path, node)?;
     let mut parts = s.split_whitespace();
     let (ty, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
