@@ -128,6 +128,23 @@ fn cli(arch: Arch) -> Result<()> {
         again.matches("web says hello").count() >= 3,
         "three starts: {again}"
     );
+    // Following: new lines arrive while the command runs (the restart makes them).
+    let follow = key.run(
+        port,
+        "(sleep 2; ros service restart web >/dev/null) & timeout 8 ros service logs web -f -n 0; true",
+        SSH,
+    )?;
+    ensure!(
+        follow.contains("web says hello"),
+        "service logs -f: {follow}"
+    );
+    let follow = key.run(
+        port,
+        "(sleep 2; ros service restart web >/dev/null) & timeout 8 ros logs -f -n 0; true",
+        SSH,
+    )?;
+    ensure!(follow.contains("service web"), "logs -f: {follow}");
+    wait_state(&key, port, "web", "running")?;
     ok(&key, port, "service disable web")?;
     wait_state(&key, port, "web", "stopped")?;
     let enabled = ok(&key, port, "config get services.web.enabled")?;

@@ -41,6 +41,54 @@ fn seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> Result<std::path::P
     Ok(iso)
 }
 
+/// A NoCloud seed on vfat (`mkfs.vfat -n CIDATA`, files put in with mtools' `mcopy`).
+fn seed_vfat(dir: &Path, user_data: &str, meta_data: &str) -> Result<std::path::PathBuf> {
+    let img = dir.join("seed.vfat");
+    std::fs::File::create(&img)?.set_len(8 << 20)?;
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img))?;
+    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+        let f = dir.join(name);
+        std::fs::write(&f, text)?;
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&img)
+            .arg(&f)
+            .arg(format!("::{name}")))?;
+    }
+    Ok(img)
+}
+
+/// A vfat config drive, as cloud-init also accepts.
+fn nocloud_vfat(arch: Arch) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let img = seed_vfat(
+        dir.path(),
+        "hostname = \"from-vfat\"\n",
+        "instance-id: iid-vfat\n",
+    )?;
+    let mut cfg = config(arch)?;
+    cfg.disks = vec![img];
+    let (mut g, r) = ros_tests::boot_ready(&cfg)?;
+    ensure!(
+        r["hostname"] == "from-vfat",
+        "{} {:#}",
+        r["hostname"],
+        r["config_sources"]
+    );
+    ensure!(r["errors"] == serde_json::json!([]), "{:#}", r["errors"]);
+    g.poweroff()?;
+    Ok(())
+}
+
 fn sources_of(key: &SshKey, port: u16) -> Result<Value> {
     let out = key.run(port, "ros config sources -o json", SSH)?;
     serde_json::from_str(out.trim()).context(out)
@@ -293,6 +341,10 @@ mod x86_64 {
     fn metadata() -> anyhow::Result<()> {
         super::metadata(super::Arch::X86_64)
     }
+    #[test]
+    fn nocloud_vfat() -> anyhow::Result<()> {
+        super::nocloud_vfat(super::Arch::X86_64)
+    }
 }
 
 mod aarch64 {
@@ -307,5 +359,9 @@ mod aarch64 {
     #[test]
     fn metadata() -> anyhow::Result<()> {
         super::metadata(super::Arch::Aarch64)
+    }
+    #[test]
+    fn nocloud_vfat() -> anyhow::Result<()> {
+        super::nocloud_vfat(super::Arch::Aarch64)
     }
 }
