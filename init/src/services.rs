@@ -57,6 +57,23 @@ pub fn shipped(dir: &Path) -> (BTreeMap<String, Service>, Vec<ConfigError>) {
     (all.services, errors)
 }
 
+/// The `console` table as a change to the console service: its SSH port (the server's and the
+/// health check's) and whether its writable layer persists.
+fn console_settings(c: &ros_config::Console, errors: &mut Vec<ConfigError>) -> Service {
+    let mut text = String::from("[services.console]\n");
+    if let Some(p) = c.ssh_port {
+        text.push_str(&format!(
+            "env = {{ ROS_SSH_PORT = \"{p}\" }}\nhealth = {{ tcp = {p}, interval = \"10s\", timeout = \"3s\", retries = 3 }}\n"
+        ));
+    }
+    if let Some(p) = c.persistent {
+        text.push_str(&format!("persistent = {p}\n"));
+    }
+    let r = ros_config::from_toml("console", &text);
+    errors.extend(r.errors);
+    r.data.services.into_values().next().unwrap_or_default()
+}
+
 /// The shipped system services `runcmd` waits for.
 const SYSTEM_SERVICES: &[&str] = &["syslog", "ntp", "console"];
 
@@ -228,6 +245,10 @@ pub fn start(
     log::debug!("services: images read at {} ms", crate::clock::uptime_ms());
     let (mut services, shipped_errors) = shipped(Path::new(SHIPPED));
     config_errors.extend(shipped_errors);
+    // The `console` table changes the shipped console; `[services.console]` still wins.
+    if let Some(c) = services.get_mut("console") {
+        c.merge(console_settings(&cfg.console, config_errors));
+    }
     for (name, s) in &cfg.services {
         services.entry(name.clone()).or_default().merge(s.clone());
     }

@@ -1,6 +1,7 @@
 //! The user-data keys that act on the host, booted in QEMU on both arches: `write_files`
 //! (plain and base64), `environment` for every service, `bootcmd` before the other services
-//! (writing through the host's root at /host) and `runcmd` once the system services run.
+//! (writing through the host's root at /host) and `runcmd` once the system services run; the
+//! `console` table.
 
 use std::io::Write;
 use std::time::Duration;
@@ -100,10 +101,45 @@ fn host_keys(arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// The `console` table: SSH on another port, and a console whose files outlive a hard
+/// power-off (its writable layer on the state disk).
+fn console_settings(arch: Arch) -> Result<()> {
+    let key = ros_tests::SshKey::new()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("state.img");
+    ros_qemu::blank_disk(&disk, 256 << 20)?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    writeln!(
+        ud,
+        "ssh_authorized_keys = [\"{}\"]\n[console]\nssh_port = 2200\npersistent = true",
+        key.public
+    )?;
+    let port = free_port()?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(port, 2200)];
+    cfg.disks = vec![disk];
+    let mut g = ros_qemu::Guest::spawn(&cfg)?;
+    g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    key.run(port, "echo kept > /root/kept && sync", WAIT)?;
+    g.kill();
+    drop(g);
+    let mut g = ros_qemu::Guest::spawn(&cfg)?;
+    g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    let out = key.run(port, "cat /root/kept", WAIT)?;
+    ensure!(out.trim() == "kept", "{out}");
+    g.poweroff()?;
+    Ok(())
+}
+
 mod x86_64 {
     #[test]
     fn host_keys() -> anyhow::Result<()> {
         super::host_keys(super::Arch::X86_64)
+    }
+    #[test]
+    fn console_settings() -> anyhow::Result<()> {
+        super::console_settings(super::Arch::X86_64)
     }
 }
 
@@ -111,5 +147,9 @@ mod aarch64 {
     #[test]
     fn host_keys() -> anyhow::Result<()> {
         super::host_keys(super::Arch::Aarch64)
+    }
+    #[test]
+    fn console_settings() -> anyhow::Result<()> {
+        super::console_settings(super::Arch::Aarch64)
     }
 }

@@ -15,7 +15,7 @@ pub mod types;
 pub mod walk;
 
 pub use error::{ConfigError, Pos};
-pub use schema::{Dns, Interface, Network, Ntp, Route, SCHEMA_VERSION, UserData};
+pub use schema::{Console, Dns, Interface, Network, Ntp, Route, SCHEMA_VERSION, UserData};
 pub use service::Service;
 pub use types::{Dur, Hostname, IfName, MacAddr, ModuleName, SysctlKey};
 

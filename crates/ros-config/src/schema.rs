@@ -34,11 +34,12 @@ const TOP_KEYS: &[&str] = &[
     "runcmd",
     "environment",
     "users",
+    "console",
 ];
 
 /// Top-level keys of the designed schema that later ros versions fill in; they are recognised so
 /// that the error says "not supported yet" instead of "unknown".
-const PLANNED_TOP_KEYS: &[&str] = &["console"];
+const PLANNED_TOP_KEYS: &[&str] = &[];
 const NTP_KEYS: &[&str] = &["servers"];
 
 const NETWORK_KEYS: &[&str] = &["online_timeout", "dns", "interfaces"];
@@ -83,10 +84,24 @@ pub struct UserData {
     /// Environment for every service (each service's own `env` wins).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
+    pub console: Console,
     /// Login users of the console.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<crate::host::User>>,
 }
+
+/// The console service's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Console {
+    /// The SSH server's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    /// Keep the console's writable layer (installed files, homes) on the state disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
+}
+
+const CONSOLE_KEYS: &[&str] = &["ssh_port", "persistent"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Ntp {
@@ -168,6 +183,8 @@ impl UserData {
         set(&mut self.runcmd, higher.runcmd);
         self.environment.extend(higher.environment);
         set(&mut self.users, higher.users);
+        set(&mut self.console.ssh_port, higher.console.ssh_port);
+        set(&mut self.console.persistent, higher.console.persistent);
         for (name, svc) in higher.services {
             self.services.entry(name).or_default().merge(svc);
         }
@@ -244,6 +261,20 @@ pub fn read(w: &mut Walker<'_>, root: &Node) -> UserData {
             "runcmd" => out.runcmd = crate::host::read_commands(w, "runcmd", n),
             "environment" => out.environment = crate::host::read_environment(w, n),
             "users" => out.users = crate::host::read_users(w, n),
+            "console" => {
+                for e in w.table("console", n, CONSOLE_KEYS).unwrap_or_default() {
+                    let kp = join("console", &e.key);
+                    match e.key.as_str() {
+                        "ssh_port" => {
+                            out.console.ssh_port = w
+                                .int(&kp, &e.node, 1, 65535)
+                                .and_then(|p| u16::try_from(p).ok());
+                        }
+                        "persistent" => out.console.persistent = w.bool(&kp, &e.node),
+                        _ => {}
+                    }
+                }
+            }
             k if PLANNED_TOP_KEYS.contains(&k) => not_yet(w, e.key_pos, k),
             _ => w.unknown_key("", e, &allowed),
         }

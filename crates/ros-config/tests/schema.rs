@@ -123,7 +123,7 @@ fn a_broken_file_reports_every_error_with_position_and_key() {
 
 #[test]
 fn planned_keys_are_named_as_not_yet_applied() {
-    let r = from_toml("t", "[console]\nx = 1\n");
+    let r = from_toml("t", "[network.interfaces.eth0]\ndhcp6 = true\n");
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].message.contains("does not apply it yet"),
