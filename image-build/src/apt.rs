@@ -73,18 +73,16 @@ impl Apt {
         }
         self.update(false)?;
         crate::progress(&format!("downloading {package} ({})", self.arch.debian()));
-        crate::kernel::run(
-            Command::new("apt-get")
-                .current_dir(&debs)
-                .args(&self.opts)
-                .args(["download", package]),
-        )?;
-        newest_deb(&debs, package)
+        self.download(package)
     }
 
     /// Downloads `package` again even when one is cached (for a newer version).
     pub fn refresh(&self, package: &str) -> Result<PathBuf> {
         self.update(true)?;
+        self.download(package)
+    }
+
+    fn download(&self, package: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         crate::kernel::run(
             Command::new("apt-get")

@@ -152,25 +152,24 @@ pub fn devices(sys_block: &Path, dev: &Path) -> Vec<Device> {
         if sectors == 0 {
             continue;
         }
-        let mut head = vec![0u8; BLANK_BYTES];
+        let partition = path.join("partition").exists();
+        // The superblock is in the first 2 KiB; the whole MiB is read only when those bytes
+        // are zeros on a whole disk (a blank candidate), not on every disk at every boot.
         let content = match std::fs::File::open(dev.join(&name)) {
-            Ok(mut f) => {
-                let mut n = 0;
-                while n < head.len() {
-                    match f.read(&mut head[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(_) => break,
-                    }
+            Ok(f) => {
+                let mut head = Vec::with_capacity(4096);
+                let mut r = f.take(BLANK_BYTES as u64);
+                let _ = (&mut r).take(4096).read_to_end(&mut head);
+                if !partition && head.len() == 4096 && head.iter().all(|&b| b == 0) {
+                    let _ = r.read_to_end(&mut head);
                 }
-                head.truncate(n);
                 content(&head)
             }
             Err(_) => Content::Other,
         };
         out.push(Device {
             name,
-            partition: path.join("partition").exists(),
+            partition,
             bytes: sectors * 512,
             content,
         });

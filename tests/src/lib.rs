@@ -183,19 +183,24 @@ impl SshKey {
 
 /// `GET /` over HTTP/1.0 on 127.0.0.1:`port`; the body.
 pub fn http_get(port: u16, timeout: Duration) -> Result<String> {
+    http_get_path(port, "/", timeout)
+}
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1:`port`, retried until a 200 or `timeout`; the body.
+pub fn http_get_path(port: u16, path: &str, timeout: Duration) -> Result<String> {
     use std::io::{Read, Write};
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let attempt = (|| -> Result<String> {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: ros\r\n\r\n")?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: ros\r\n\r\n")?;
             let mut r = String::new();
             s.read_to_string(&mut r)?;
             let (head, body) = r.split_once("\r\n\r\n").context("no HTTP header")?;
             anyhow::ensure!(
                 head.starts_with("HTTP/1.") && head.contains(" 200 "),
-                "{head}"
+                "{path}: {head}"
             );
             Ok(body.to_string())
         })();

@@ -39,29 +39,6 @@ volumes = ["/etc/ros-test:/data"]
 host_namespaces = ["net"]
 "#;
 
-fn get(port: u16, path: &str) -> Result<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("no header end")?;
-    ensure!(head.contains(" 200 "), "{path}: {head}");
-    Ok(body.to_string())
-}
-
-fn wait_get(port: u16, path: &str) -> Result<String> {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        match get(port, path) {
-            Ok(b) => return Ok(b),
-            Err(e) if std::time::Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
-}
-
 fn host_keys(arch: Arch) -> Result<()> {
     let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
     ud.write_all(USER_DATA.as_bytes())?;
@@ -76,26 +53,17 @@ fn host_keys(arch: Arch) -> Result<()> {
         r["config_errors"]
     );
     ensure!(r["errors"] == serde_json::json!([]), "{:#}", r["errors"]);
-    let index = wait_get(port, "/index.html")?;
+    let index = ros_tests::http_get_path(port, "/index.html", WAIT)?;
     // write_files first, then every bootcmd line (a failing one does not stop the rest), all
     // before the web service started.
     ensure!(
         index == "written\nbootcmd-ran hello-env\nafter-a-failure\n",
         "{index:?}"
     );
-    ensure!(wait_get(port, "/b64.txt")? == "from base64\n");
-    ensure!(wait_get(port, "/env.txt")? == "env=hello-env\n");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        match get(port, "/late.txt") {
-            Ok(b) => {
-                ensure!(b == "runcmd-ran\n", "{b:?}");
-                break;
-            }
-            Err(e) if std::time::Instant::now() > deadline => return Err(e.context("runcmd")),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
+    ensure!(ros_tests::http_get_path(port, "/b64.txt", WAIT)? == "from base64\n");
+    ensure!(ros_tests::http_get_path(port, "/env.txt", WAIT)? == "env=hello-env\n");
+    let late = ros_tests::http_get_path(port, "/late.txt", WAIT).context("runcmd")?;
+    ensure!(late == "runcmd-ran\n", "{late:?}");
     g.wait_for("service runcmd completed", WAIT)?;
     g.poweroff()?;
     Ok(())

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use ros_qemu::Guest;
 use ros_tests::{Arch, READY_TIMEOUT, config, free_port};
 use serde_json::Value;
@@ -35,34 +35,8 @@ fn used_disk(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn starts(port: u16) -> Result<usize> {
-    let body = http_get_path(port, "/starts")?;
+    let body = ros_tests::http_get_path(port, "/starts", WAIT)?;
     Ok(body.lines().filter(|l| *l == "start").count())
-}
-
-fn http_get_path(port: u16, path: &str) -> Result<String> {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        match get(port, path) {
-            Ok(b) => return Ok(b),
-            Err(e) if std::time::Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
-fn get(port: u16, path: &str) -> Result<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header end")?;
-    ensure!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    Ok(body.to_string())
 }
 
 fn state_disk(arch: Arch) -> Result<()> {

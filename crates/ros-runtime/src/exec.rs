@@ -15,7 +15,6 @@ use nix::unistd::{ForkResult, fork};
 use crate::cgroup::Cgroup;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::seccomp::{Profile, SeccompConfig};
 
 /// The namespaces of `pid` that differ from the caller's, opened, mount namespace last.
 fn namespaces(pid: i32) -> Result<Vec<(OwnedFd, CloneFlags)>> {
@@ -60,14 +59,9 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
         .write(true)
         .open(cgroup.path.join("cgroup.procs"))
         .map_err(|e| Error::Spawn(format!("opening the container's cgroup: {e}")))?;
-    let programs = match &cfg.seccomp {
-        SeccompConfig::None => Vec::new(),
-        SeccompConfig::Default => {
-            Profile::default_for(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))
-                .compile()?
-        }
-        SeccompConfig::Profile(p) => p.compile()?,
-    };
+    let programs = cfg
+        .seccomp
+        .programs(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))?;
     let mut run = cfg.clone();
     run.process.args = args;
     // The command is not the container's PID 1: no shim of its own.

@@ -141,15 +141,7 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         }
     }
     // Nothing of the runtime's survives the exec but the three standard streams.
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's own fds.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    cloexec_all_but_stdio();
 
     let program = p.args.first().ok_or("no program")?;
     let path = resolve(program, &p.env)
@@ -171,6 +163,19 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         "exec {path}: {}",
         err.map_or_else(|| "returned".into(), |e| e.to_string())
     ))
+}
+
+/// Marks every descriptor but the standard streams close-on-exec.
+pub(crate) fn cloexec_all_but_stdio() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's own fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 }
 
 #[cfg(test)]

@@ -35,6 +35,17 @@ pub enum SeccompConfig {
     Profile(Profile),
 }
 
+impl SeccompConfig {
+    /// The filters to load, for a process whose bounding capabilities are `caps`.
+    pub fn programs(&self, caps: Option<&[Cap]>) -> Result<Vec<BpfProgram>> {
+        match self {
+            SeccompConfig::None => Ok(Vec::new()),
+            SeccompConfig::Default => Profile::default_for(caps).compile(),
+            SeccompConfig::Profile(p) => p.compile(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     Allow,

@@ -48,15 +48,7 @@ pub(crate) fn start(shim: Option<RawFd>, child: Pid) -> ! {
     let _ = SigSet::all().thread_block();
     // Nothing of the runtime's may reach the shim (above all the setup's error pipe, whose end
     // the runtime waits on): everything but the standard streams closes at exec.
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's own fds.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    crate::process::cloexec_all_but_stdio();
     if let Some(fd) = shim
         && let (Ok(arg0), Ok(pid)) = (CString::new(ARG0), CString::new(child.as_raw().to_string()))
     {

@@ -16,7 +16,6 @@ use nix::fcntl::OFlag;
 use crate::cgroup::Cgroup;
 use crate::config::{Config, NsMode};
 use crate::error::{Error, Result};
-use crate::seccomp::{Profile, SeccompConfig};
 use crate::setup::{self, Paths};
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -134,14 +133,9 @@ pub fn spawn(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Containe
             ));
         }
     }
-    let programs = match &cfg.seccomp {
-        SeccompConfig::None => Vec::new(),
-        SeccompConfig::Default => {
-            Profile::default_for(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))
-                .compile()?
-        }
-        SeccompConfig::Profile(p) => p.compile()?,
-    };
+    let programs = cfg
+        .seccomp
+        .programs(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))?;
     let run_dir = opts.run_root.join(&cfg.id);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Error::Spawn(format!("creating {}: {e}", run_dir.display())))?;
