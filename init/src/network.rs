@@ -1,5 +1,5 @@
-//! The network phase: loopback up, the plan applied, a DHCP driver per DHCP interface, then a
-//! bounded wait for leases. Afterwards the main loop feeds lease events back here, which keeps
+//! The network phase: loopback up, the plan applied, a DHCPv4 and/or DHCPv6 driver per DHCP
+//! interface, then a bounded wait for leases. Afterwards the main loop feeds lease events back here, which keeps
 //! `/etc/resolv.conf` current; at shutdown the leases are released.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,8 @@ pub struct NetState {
     pub plan: Plan,
     pub links: Vec<LinkInfo>,
     pub leases: BTreeMap<u32, Lease>,
+    /// What DHCPv6 gave (or that the router asks for SLAAC alone), by interface index.
+    pub leases6: BTreeMap<u32, ros_net::dhcp6::Lease>,
     /// Why DHCP on an interface could not run, by interface index.
     pub dhcp_errors: BTreeMap<u32, String>,
     pub errors: Vec<String>,
@@ -30,21 +32,25 @@ pub struct NetState {
 }
 
 impl NetState {
-    /// Interfaces that run DHCP.
-    fn dhcp_indexes(&self) -> Vec<u32> {
+    /// Interfaces that run DHCPv4 (`v6` false) or DHCPv6 (`v6` true).
+    fn dhcp_indexes(&self, v6: bool) -> Vec<u32> {
         self.plan
             .interfaces
             .iter()
-            .filter(|i| i.dhcp4)
+            .filter(|i| if v6 { i.dhcp6 } else { i.dhcp4 })
             .map(|i| i.index)
             .collect()
     }
 
-    /// Whether every DHCP interface has a lease or has failed for good.
+    /// Whether every DHCP interface has its leases.
     fn online(&self) -> bool {
-        self.dhcp_indexes()
+        self.dhcp_indexes(false)
             .iter()
             .all(|i| self.leases.contains_key(i))
+            && self
+                .dhcp_indexes(true)
+                .iter()
+                .all(|i| self.leases6.contains_key(i))
     }
 
     /// The next lease event (pending forever when there are no drivers).
@@ -61,6 +67,13 @@ impl NetState {
             Event::Unbound { index, .. } => {
                 self.leases.remove(&index);
             }
+            Event::Bound6 { index, lease } => {
+                self.dhcp_errors.remove(&index);
+                self.leases6.insert(index, lease);
+            }
+            Event::Unbound6 { index } => {
+                self.leases6.remove(&index);
+            }
             Event::Failed { index, error } => {
                 self.dhcp_errors.insert(index, error);
                 return;
@@ -71,15 +84,20 @@ impl NetState {
 
     /// The DNS in effect: the config's, else what leases gave.
     pub fn dns(&self) -> (Vec<IpAddr>, Vec<String>) {
-        let lease_ns: Vec<IpAddr> = self
+        let v4 = self
             .leases
             .values()
-            .flat_map(|l| l.dns.iter().map(|a| IpAddr::V4(*a)))
-            .collect();
+            .flat_map(|l| l.dns.iter().map(|a| IpAddr::V4(*a)));
+        let v6 = self
+            .leases6
+            .values()
+            .flat_map(|l| l.dns.iter().map(|a| IpAddr::V6(*a)));
+        let lease_ns: Vec<IpAddr> = v4.chain(v6).collect();
         let lease_search: Vec<String> = self
             .leases
             .values()
             .flat_map(|l| l.search.iter().cloned())
+            .chain(self.leases6.values().flat_map(|l| l.search.iter().cloned()))
             .collect();
         ros_net::resolv::choose(
             self.cfg_dns.0.as_deref(),
@@ -110,19 +128,28 @@ impl NetState {
                 Ok(None) | Err(_) => break,
             }
         }
-        for i in self.dhcp_indexes() {
-            if !self.leases.contains_key(&i) {
-                let name = self.name_of(i);
-                let why = self
-                    .dhcp_errors
-                    .get(&i)
-                    .cloned()
-                    .unwrap_or_else(|| "no DHCP answer yet".into());
-                log::warn!(
-                    "network: {name}: no lease after {} ms ({why}); still trying",
-                    timeout.as_millis()
-                );
-            }
+        let missing = self
+            .dhcp_indexes(false)
+            .into_iter()
+            .filter(|i| !self.leases.contains_key(i))
+            .map(|i| (i, "DHCPv4"))
+            .chain(
+                self.dhcp_indexes(true)
+                    .into_iter()
+                    .filter(|i| !self.leases6.contains_key(i))
+                    .map(|i| (i, "DHCPv6")),
+            );
+        for (i, what) in missing.collect::<Vec<_>>() {
+            let name = self.name_of(i);
+            let why = self
+                .dhcp_errors
+                .get(&i)
+                .cloned()
+                .unwrap_or_else(|| format!("no {what} answer yet"));
+            log::warn!(
+                "network: {name}: no {what} lease after {} ms ({why}); still trying",
+                timeout.as_millis()
+            );
         }
     }
 
@@ -171,6 +198,7 @@ pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetSt
         plan: Plan::default(),
         links: Vec::new(),
         leases: BTreeMap::new(),
+        leases6: BTreeMap::new(),
         dhcp_errors: BTreeMap::new(),
         errors: Vec::new(),
         events: rx,
@@ -229,7 +257,7 @@ pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetSt
             let a: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
             log::info!("network: {}: static {}", i.name, a.join(" "));
         }
-        if !i.dhcp4 {
+        if !i.dhcp4 && !i.dhcp6 {
             continue;
         }
         let Some(mac) = st
@@ -252,6 +280,27 @@ pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetSt
                 0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5],
             ])
             ^ crate::clock::uptime_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if i.dhcp6 {
+            let (stop_tx, stop_rx) = mpsc::channel(1);
+            st.stops.push((format!("{} (DHCPv6)", i.name), stop_tx));
+            let link = ros_net::dhcp6::driver::Dhcp6Link {
+                index: i.index,
+                name: i.name.clone(),
+                mac: mac.0,
+            };
+            tokio::spawn(ros_net::dhcp6::driver::run(
+                net.clone(),
+                link,
+                seed.rotate_left(17),
+                crate::clock::uptime_ms,
+                tx.clone(),
+                stop_rx,
+                ros_net::dhcp6::driver::RA_WAIT,
+            ));
+        }
+        if !i.dhcp4 {
+            continue;
+        }
         let cfg = ClientConfig {
             mac: mac.0,
             hostname: Some(hostname.to_string()),

@@ -78,11 +78,26 @@ pub struct Interface {
     /// The config key that configured it, `default` when ros chose it, none when unconfigured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
-    /// `loopback`, `unconfigured`, `static`, `dhcp` (has a lease), or `no_lease`.
+    /// `loopback`, `unconfigured`, `static`, `dhcp` (every DHCP it runs has answered), or
+    /// `no_lease` (one has not yet).
     pub state: &'static str,
     pub addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<Dhcp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp6: Option<Dhcp6>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dhcp6 {
+    /// `stateful` (an address), `stateless` (DNS only), or `slaac` (the router says no DHCPv6).
+    pub mode: ros_net::dhcp6::Mode,
+    pub addresses: Vec<String>,
+    /// The server's DUID in hex; empty in `slaac` mode.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub server: String,
+    pub dns: Vec<String>,
+    pub acquired_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,12 +147,15 @@ pub async fn network_view(st: &mut NetState) -> (Vec<Interface>, Vec<Route>) {
         .map(|l| {
             let plan = st.plan.interfaces.iter().find(|p| p.index == l.index);
             let lease = st.leases.get(&l.index);
-            let state = match (l.loopback, plan, lease) {
-                (true, _, _) => "loopback",
-                (_, None, _) => "unconfigured",
-                (_, Some(p), None) if p.dhcp4 => "no_lease",
-                (_, Some(_), None) => "static",
-                (_, Some(_), Some(_)) => "dhcp",
+            let lease6 = st.leases6.get(&l.index);
+            let state = match (l.loopback, plan) {
+                (true, _) => "loopback",
+                (_, None) => "unconfigured",
+                (_, Some(p)) if !p.dhcp4 && !p.dhcp6 => "static",
+                (_, Some(p)) if (p.dhcp4 && lease.is_none()) || (p.dhcp6 && lease6.is_none()) => {
+                    "no_lease"
+                }
+                (_, Some(_)) => "dhcp",
             };
             Interface {
                 name: l.name.clone(),
@@ -158,6 +176,13 @@ pub async fn network_view(st: &mut NetState) -> (Vec<Interface>, Vec<Route>) {
                     address: x.net().to_string(),
                     server: x.server.to_string(),
                     lease_secs: x.lease_secs,
+                    acquired_ms: x.acquired_ms,
+                }),
+                dhcp6: lease6.map(|x| Dhcp6 {
+                    mode: x.mode,
+                    addresses: x.addresses.iter().map(|a| a.addr.to_string()).collect(),
+                    server: x.server.clone(),
+                    dns: x.dns.iter().map(ToString::to_string).collect(),
                     acquired_ms: x.acquired_ms,
                 }),
             }

@@ -21,6 +21,9 @@ pub enum NicNet {
     User(Option<String>),
     /// A link with nothing behind it: no DHCP server, no peer.
     Isolated,
+    /// An existing tap device on the host (made by the caller, e.g. `ip tuntap add NAME mode
+    /// tap`), so host programs such as dnsmasq serve the guest. Needs root or the tap's owner.
+    Tap(String),
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +153,7 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
             NicNet::User(None) => format!("user,id={id}"),
             NicNet::User(Some(net)) => format!("user,id={id},net={net}"),
             NicNet::Isolated => format!("hubport,id={id},hubid={}", 100 + i),
+            NicNet::Tap(name) => format!("tap,id={id},ifname={name},script=no,downscript=no"),
         };
         a.extend([s("-netdev"), netdev]);
         a.extend([

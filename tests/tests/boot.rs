@@ -1,6 +1,7 @@
 //! Boots real ros images in QEMU (TCG) on x86_64 and aarch64 and checks what the init reports
 //! and does: the ready JSON for a full user-data, a broken user-data, the kernel command line,
-//! an interface without a DHCP server, and every way to end the machine cleanly.
+//! an interface without a DHCP server, DHCPv6 from dnsmasq on a host tap device, and every way to
+//! end the machine cleanly.
 
 use std::time::Duration;
 
@@ -58,6 +59,7 @@ modules = ["bonding"]
 
 [network.interfaces.eth0]
 dhcp4 = true
+dhcp6 = true
 
 [network.interfaces.lan]
 mac = "52:54:00:12:34:57"
@@ -121,6 +123,13 @@ fn full_user_data(arch: Arch) -> Result<()> {
         ctx()
     );
     assert_eq!(eth0["dhcp"]["server"], "10.0.2.2");
+    // QEMU's user network advertises fec0::/64 with neither M nor O: SLAAC alone.
+    assert_eq!(eth0["dhcp6"]["mode"], "slaac", "{}", ctx());
+    assert!(
+        strings(&eth0["addresses"]).contains(&"fec0::5054:ff:fe12:3456/64".to_string()),
+        "{}",
+        ctx()
+    );
 
     let lan = interface(&r, "eth1").with_context(ctx)?;
     assert_eq!(lan["config"], "lan", "matched by MAC: {}", ctx());
@@ -294,10 +303,130 @@ fn no_lease_is_reported_and_boot_goes_on(arch: Arch) -> Result<()> {
         ctx()
     );
     assert!(
-        g.console().contains("eth1: no lease after 2000 ms"),
+        g.console().contains("eth1: no DHCPv4 lease after 2000 ms"),
         "{}",
         ctx()
     );
+    Ok(())
+}
+
+/// A tap device on the host with dnsmasq on it: router advertisements with the M flag and
+/// stateful DHCPv6 from fd78::100-1ff, DNS fd78::53. Removed on drop.
+struct V6Server {
+    tap: String,
+    dir: std::path::PathBuf,
+    dnsmasq: std::process::Child,
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    let st = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .with_context(|| format!("running {args:?}"))?;
+    anyhow::ensure!(st.success(), "{args:?} failed: {st}");
+    Ok(())
+}
+
+impl V6Server {
+    fn start(arch: Arch) -> Result<V6Server> {
+        let tap = format!("r6{}{}", std::process::id() % 100_000, &arch.name()[..1]);
+        let dir = std::env::temp_dir().join(format!("ros-{tap}"));
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &tap])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        run(&["ip", "link", "set", &tap, "up"])?;
+        run(&["ip", "addr", "add", "fd78::1/64", "dev", &tap, "nodad"])?;
+        let dnsmasq = std::process::Command::new("dnsmasq")
+            .args(["--no-daemon", "--conf-file=/dev/null", "--port=0"])
+            .arg(format!("--interface={tap}"))
+            .args(["--bind-interfaces", "--enable-ra", "--log-dhcp"])
+            .arg("--dhcp-range=fd78::100,fd78::1ff,64,1h")
+            .arg("--dhcp-option=option6:dns-server,[fd78::53]")
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--log-facility={}", dir.join("log").display()))
+            .spawn()
+            .context("dnsmasq (apt-get install dnsmasq-base)")?;
+        Ok(V6Server { tap, dir, dnsmasq })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for V6Server {
+    fn drop(&mut self) {
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
+        let _ = run(&["ip", "link", "del", &self.tap]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// DHCPv6 in the init against dnsmasq: the router's M flag, the exchange, the address (a /128),
+/// its DNS server in resolv.conf and the ready line, and the Release at poweroff.
+fn dhcp6_stateful_from_dnsmasq(arch: Arch) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: a tap device needs root");
+        return Ok(());
+    }
+    let srv = V6Server::start(arch)?;
+    let ud = user_data(
+        "[network.interfaces.eth0]\n[network.interfaces.v6]\nmac = \"52:54:00:12:34:59\"\ndhcp4 = false\ndhcp6 = true\n",
+    )?;
+    let mut cfg = config(arch)?;
+    cfg.user_data = Some(ud.0.clone());
+    cfg.extra_nics.push(Nic {
+        mac: "52:54:00:12:34:59".into(),
+        net: NicNet::Tap(srv.tap.clone()),
+    });
+    let (mut g, r) = boot_ready(&cfg)?;
+    let ctx = || {
+        format!(
+            "ready: {r:#}\nconsole:\n{}\ndnsmasq:\n{}",
+            g.tail(40),
+            srv.log()
+        )
+    };
+    let eth1 = interface(&r, "eth1").with_context(ctx)?;
+    assert_eq!(eth1["config"], "v6", "{}", ctx());
+    assert_eq!(eth1["state"], "dhcp", "{}", ctx());
+    assert_eq!(eth1["dhcp6"]["mode"], "stateful", "{}", ctx());
+    let leased = strings(&eth1["dhcp6"]["addresses"]);
+    assert_eq!(leased.len(), 1, "{}", ctx());
+    assert!(leased[0].starts_with("fd78::1"), "{}", ctx());
+    assert!(
+        strings(&eth1["addresses"]).contains(&format!("{}/128", leased[0])),
+        "{}",
+        ctx()
+    );
+    assert_eq!(strings(&eth1["dhcp6"]["dns"]), ["fd78::53"], "{}", ctx());
+    assert_eq!(
+        strings(&r["dns"]["nameservers"]),
+        ["10.0.2.3", "fd78::53"],
+        "{}",
+        ctx()
+    );
+    g.poweroff()?;
+    let console = ends_cleanly(&mut g, "poweroff")?;
+    assert!(console.contains("dhcp6: eth1: released"), "{console}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !srv.log().contains("DHCPRELEASE") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = srv.log();
+    for step in [
+        "DHCPSOLICIT",
+        "DHCPADVERTISE",
+        "DHCPREQUEST",
+        "DHCPREPLY",
+        "DHCPRELEASE",
+    ] {
+        assert!(log.contains(step), "dnsmasq never logged {step}:\n{log}");
+    }
     Ok(())
 }
 
@@ -391,6 +520,7 @@ per_arch!(
     broken_user_data,
     cmdline_keys,
     no_lease_is_reported_and_boot_goes_on,
+    dhcp6_stateful_from_dnsmasq,
     no_nic_still_gets_ready,
     poweroff_is_clean,
     reboot_request_reboots,

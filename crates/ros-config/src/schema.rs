@@ -48,13 +48,14 @@ const DNS_KEYS: &[&str] = &["nameservers", "search"];
 const INTERFACE_KEYS: &[&str] = &[
     "mac",
     "dhcp4",
+    "dhcp6",
     "addresses",
     "gateway4",
     "gateway6",
     "mtu",
     "routes",
 ];
-const PLANNED_INTERFACE_KEYS: &[&str] = &["dhcp6"];
+const PLANNED_INTERFACE_KEYS: &[&str] = &[];
 const ROUTE_KEYS: &[&str] = &["to", "via", "metric"];
 
 /// A whole user-data, as read from one source or merged from several.
@@ -135,6 +136,8 @@ pub struct Interface {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dhcp4: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp6: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<IpNet>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway4: Option<Ipv4Addr>,
@@ -167,6 +170,11 @@ impl Interface {
         self.dhcp4
             .unwrap_or_else(|| self.addresses.as_ref().is_none_or(Vec::is_empty))
     }
+
+    /// DHCPv6 runs only when asked for (the kernel's SLAAC works without it).
+    pub fn dhcp6_enabled(&self) -> bool {
+        self.dhcp6.unwrap_or(false)
+    }
 }
 
 impl UserData {
@@ -196,6 +204,7 @@ impl UserData {
             let i = net.interfaces.entry(name).or_default();
             set(&mut i.mac, h.mac);
             set(&mut i.dhcp4, h.dhcp4);
+            set(&mut i.dhcp6, h.dhcp6);
             set(&mut i.addresses, h.addresses);
             set(&mut i.gateway4, h.gateway4);
             set(&mut i.gateway6, h.gateway6);
@@ -455,6 +464,7 @@ fn read_interface(w: &mut Walker<'_>, path: &str, node: &Node) -> Interface {
         match e.key.as_str() {
             "mac" => out.mac = w.parsed(&p, n, "a MAC address string"),
             "dhcp4" => out.dhcp4 = w.bool(&p, n),
+            "dhcp6" => out.dhcp6 = w.bool(&p, n),
             "addresses" => out.addresses = w.list(&p, n, cidr),
             "gateway4" => {
                 out.gateway4 = match ip(w, &p, n) {

@@ -123,13 +123,30 @@ fn a_broken_file_reports_every_error_with_position_and_key() {
 
 #[test]
 fn planned_keys_are_named_as_not_yet_applied() {
-    let r = from_toml("t", "[network.interfaces.eth0]\ndhcp6 = true\n");
+    let r = from_toml("t", "[network.vlans.v100]\nlink = \"eth0\"\n");
     assert_eq!(r.errors.len(), 1);
     assert!(
         r.errors[0].message.contains("does not apply it yet"),
         "{}",
         r.errors[0]
     );
+}
+
+#[test]
+fn dhcp6_is_off_unless_asked_for() {
+    let r = from_toml(
+        "t",
+        "[network.interfaces.eth0]\ndhcp6 = true\n[network.interfaces.eth1]\naddresses = [\"fd00::1/64\"]\n[network.interfaces.eth2]\ndhcp6 = \"on\"\n",
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(
+        (r.errors[0].line, r.errors[0].key.as_str()),
+        (6, "network.interfaces.eth2.dhcp6")
+    );
+    let ifs = &r.data.network.interfaces;
+    let get = |n: &str| ifs.iter().find(|(k, _)| k.as_str() == n).map(|(_, v)| v);
+    assert!(get("eth0").is_some_and(|i| i.dhcp6_enabled() && i.dhcp4_enabled()));
+    assert!(get("eth1").is_some_and(|i| !i.dhcp6_enabled() && !i.dhcp4_enabled()));
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub async fn apply_static(net: &Net, plan: &Plan) -> Vec<(String, String)> {
         {
             err(e.to_string());
         }
+        if i.dhcp6 {
+            for e in ipv6_for_dhcp6(&i.name) {
+                err(e);
+            }
+        }
         if let Err(e) = net.set_up(i.index).await {
             err(e.to_string());
         }
@@ -48,6 +53,24 @@ pub async fn apply_static(net: &Net, plan: &Plan) -> Vec<(String, String)> {
         }
     }
     errors
+}
+
+/// Readies an interface for DHCPv6: router advertisements, whose flags pick the DHCPv6 mode,
+/// accepted even when forwarding is on (`accept_ra = 2`; a container host often forwards).
+/// Optimistic DAD (RFC 4429) would save the second of duplicate address detection before the
+/// link-local address is usable, but measured on Linux 6.18 a router advertisement answering the
+/// optimistic solicitation is then ignored (no flags, no SLAAC address), so it stays off.
+pub fn ipv6_for_dhcp6(ifname: &str) -> Vec<String> {
+    let dir = std::path::Path::new("/proc/sys/net/ipv6/conf").join(ifname);
+    [("accept_ra", "2")]
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = dir.join(k);
+            std::fs::write(&p, v)
+                .err()
+                .map(|e| format!("writing {v} to {}: {e}", p.display()))
+        })
+        .collect()
 }
 
 /// The routes a lease asks for: its classless static routes when it has any (RFC 3442 says the

@@ -6,14 +6,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkLayerType, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, Inet6IfaceFlags, InfoKind, LinkAttribute, LinkFlags,
+    LinkInfo as NlLinkInfo, LinkLayerType, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use crate::types::{AddrInfo, LinkInfo, RouteInfo};
+use crate::types::{AddrInfo, Ipv6Link, LinkInfo, RaFlags, RouteInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -141,6 +144,103 @@ impl Net {
                 })
             })
             .collect())
+    }
+
+    /// What the kernel knows of a link's IPv6: router advertisement flags, a usable link-local
+    /// address (DAD done, or optimistic).
+    pub async fn ipv6_link(&self, index: u32) -> Result<Ipv6Link, NetError> {
+        // Routes first: a route from an advertisement seen here means the flags read next
+        // already reflect that advertisement (read the other way round, one arriving between
+        // the two reads would look like an advertisement without M and O).
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing routes"))?;
+        let route_from_ra = routes.iter().any(|r| {
+            r.header.protocol == RouteProtocol::Ra
+                && r.attributes.contains(&RouteAttribute::Oif(index))
+        });
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("reading link {index}")))?;
+        let mut out = Ipv6Link::default();
+        for a in links.iter().flat_map(|m| &m.attributes) {
+            let LinkAttribute::AfSpecUnspec(specs) = a else {
+                continue;
+            };
+            for spec in specs {
+                let AfSpecUnspec::Inet6(v6) = spec else {
+                    continue;
+                };
+                for x in v6 {
+                    // RA_RCVD alone misses an advertisement that answers the solicitation
+                    // before the kernel notes it sent one (addrconf_dad_completed sends, then
+                    // sets RS_SENT; QEMU's slirp and a veth peer are that fast), so the M and O
+                    // flags count too, and below, a route the advertisement installed.
+                    if let AfSpecInet6::Flags(f) = x
+                        && f.intersects(
+                            Inet6IfaceFlags::RaRcvd
+                                | Inet6IfaceFlags::RaManaged
+                                | Inet6IfaceFlags::Otherconf,
+                        )
+                    {
+                        out.ra = Some(RaFlags {
+                            managed: f.contains(Inet6IfaceFlags::RaManaged),
+                            other: f.contains(Inet6IfaceFlags::Otherconf),
+                        });
+                    }
+                }
+            }
+        }
+        if out.ra.is_none() && route_from_ra {
+            out.ra = Some(RaFlags {
+                managed: false,
+                other: false,
+            });
+        }
+        let addrs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing addresses"))?;
+        for m in &addrs {
+            if m.header.family != AddressFamily::Inet6 || m.header.scope != AddressScope::Link {
+                continue;
+            }
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
+                });
+            let usable = !flags.contains(AddressFlags::Dadfailed)
+                && (!flags.contains(AddressFlags::Tentative)
+                    || flags.contains(AddressFlags::Optimistic));
+            if let Some(IpNet::V6(n)) = address_of(m)
+                && usable
+            {
+                out.link_local = Some(n.addr());
+            }
+        }
+        Ok(out)
     }
 
     /// Adds (or replaces) a route in the main table.

@@ -24,6 +24,7 @@ pub struct IfacePlan {
     pub addresses: Vec<IpNet>,
     pub routes: Vec<RouteInfo>,
     pub dhcp4: bool,
+    pub dhcp6: bool,
 }
 
 /// A configured interface that matches no link.
@@ -98,6 +99,7 @@ pub fn plan(cfg: &Network, links: &[LinkInfo]) -> Plan {
             addresses: iface.addresses.clone().unwrap_or_default(),
             routes,
             dhcp4: iface.dhcp4_enabled(),
+            dhcp6: iface.dhcp6_enabled(),
         });
     }
     if out.interfaces.is_empty() {
@@ -120,6 +122,7 @@ pub fn plan(cfg: &Network, links: &[LinkInfo]) -> Plan {
                 addresses: Vec::new(),
                 routes: Vec::new(),
                 dhcp4: true,
+                dhcp6: false,
             });
         }
     }

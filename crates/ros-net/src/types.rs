@@ -1,7 +1,7 @@
 //! ros-net's own view of links, addresses and routes, so nothing outside this crate depends on
 //! netlink-packet-route's types.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 use ros_config::MacAddr;
@@ -49,4 +49,22 @@ pub struct RouteInfo {
 pub struct AddrInfo {
     pub index: u32,
     pub addr: IpNet,
+}
+
+/// The flags of the last router advertisement a link received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RaFlags {
+    /// M: addresses from DHCPv6.
+    pub managed: bool,
+    /// O: other configuration (DNS) from DHCPv6.
+    pub other: bool,
+}
+
+/// A link's IPv6 state as the kernel reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ipv6Link {
+    /// None until a router advertisement has arrived.
+    pub ra: Option<RaFlags>,
+    /// A link-local address that may be used as a source.
+    pub link_local: Option<Ipv6Addr>,
 }

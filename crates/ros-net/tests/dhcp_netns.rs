@@ -1,6 +1,8 @@
-//! The DHCP client against a real server: dnsmasq in one network namespace, the client in
-//! another, a veth pair between them. Checks the whole exchange, the lease's options, a renewal
+//! The DHCP clients against a real server: dnsmasq in one network namespace, the client in
+//! another, a veth pair between them. DHCPv4: the whole exchange, the lease's options, a renewal
 //! (dnsmasq sends T1 = 4 s), and the RELEASE when the driver stops (dnsmasq drops the lease).
+//! DHCPv6: dnsmasq's router advertisements pick the mode (M flag: an address; O flag: DNS only;
+//! neither: SLAAC alone), then the exchange, the address on the link, and the Release.
 //! Needs root (namespaces), `ip` and `dnsmasq`; skips only when not root.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
@@ -34,7 +36,8 @@ fn sh(args: &[&str]) {
 
 impl Lab {
     fn new() -> Lab {
-        let id = std::process::id();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = std::process::id() * 10 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ros-dhcp-{id}"));
         std::fs::create_dir_all(&dir).expect("dir");
         let lab = Lab {
@@ -74,6 +77,17 @@ impl Lab {
             "ip",
             "-n",
             &lab.server_ns,
+            "addr",
+            "add",
+            "fd77::1/64",
+            "dev",
+            &lab.server_if,
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &lab.server_ns,
             "link",
             "set",
             &lab.server_if,
@@ -82,7 +96,7 @@ impl Lab {
         lab
     }
 
-    fn start_dnsmasq(&mut self) {
+    fn start_dnsmasq(&mut self, args: &[&str]) {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -95,16 +109,7 @@ impl Lab {
             ])
             .arg(format!("--interface={}", self.server_if))
             .args(["--bind-interfaces", "--dhcp-authoritative", "--log-dhcp"])
-            .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m")
-            .args([
-                "--dhcp-option=option:router,10.77.0.1",
-                "--dhcp-option=option:dns-server,10.77.0.53",
-            ])
-            .args([
-                "--dhcp-option=option:domain-search,test.internal",
-                "--dhcp-option=option:T1,4",
-            ])
-            .arg("--dhcp-option=option:T2,7")
+            .args(args)
             .arg(format!("--dhcp-leasefile={}", self.leases().display()))
             .arg(format!("--log-facility={}", self.log().display()))
             .spawn()
@@ -163,7 +168,14 @@ fn exchange_renewal_and_release_against_dnsmasq() {
         return;
     }
     let mut lab = Lab::new();
-    lab.start_dnsmasq();
+    lab.start_dnsmasq(&[
+        "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
+        "--dhcp-option=option:router,10.77.0.1",
+        "--dhcp-option=option:dns-server,10.77.0.53",
+        "--dhcp-option=option:domain-search,test.internal",
+        "--dhcp-option=option:T1,4",
+        "--dhcp-option=option:T2,7",
+    ]);
     let client_ns = format!("/run/netns/{}", lab.client_ns);
     let client_if = lab.client_if.clone();
     // The client runs in a thread that has joined the client's namespace.
@@ -285,5 +297,239 @@ fn exchange_renewal_and_release_against_dnsmasq() {
     assert!(
         !leases.contains(&address.to_string()),
         "dnsmasq still holds the lease: {leases}"
+    );
+}
+
+/// Runs `f` on a current-thread runtime in a thread that joined the lab's client namespace,
+/// with loopback up and the client's link (not yet up) found.
+fn in_client<F, Fut, T>(lab: &Lab, f: F) -> T
+where
+    F: FnOnce(Net, ros_net::LinkInfo) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let client_ns = format!("/run/netns/{}", lab.client_ns);
+    let client_if = lab.client_if.clone();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&client_ns).expect("netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async move {
+            let net = Net::connect().expect("netlink");
+            let links = net.links().await.expect("links");
+            let link = links
+                .iter()
+                .find(|l| l.name == client_if)
+                .expect("client link")
+                .clone();
+            let lo = links.iter().find(|l| l.loopback).expect("lo");
+            net.set_up(lo.index).await.expect("lo up");
+            f(net, link).await
+        })
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// What one DHCPv6 run saw: the first lease, the link's addresses then, and after the stop.
+struct V6Run {
+    lease: ros_net::dhcp6::Lease,
+    bound_addrs: Vec<ros_net::AddrInfo>,
+    routes: Vec<ros_net::RouteInfo>,
+    after_stop: Vec<ros_net::AddrInfo>,
+}
+
+/// dnsmasq with `args` (and router advertisements), then the DHCPv6 driver until its first
+/// lease, then a stop.
+fn dhcp6_against_dnsmasq(lab: &mut Lab, args: &[&str]) -> V6Run {
+    let mut all = vec![
+        "--enable-ra",
+        "--dhcp-option=option6:dns-server,[fd77::53]",
+        "--dhcp-option=option6:domain-search,test.internal",
+    ];
+    all.extend_from_slice(args);
+    lab.start_dnsmasq(&all);
+    // dnsmasq answers router solicitations once it runs; bring the client up after that.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.log_text().contains("started") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client_if = lab.client_if.clone();
+    in_client(lab, move |net, link| async move {
+        let errors = ros_net::apply::ipv6_for_dhcp6(&client_if);
+        assert!(errors.is_empty(), "{errors:?}");
+        net.set_up(link.index).await.expect("link up");
+        let mac = link.mac.expect("mac").0;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let dl = ros_net::dhcp6::driver::Dhcp6Link {
+            index: link.index,
+            name: link.name.clone(),
+            mac,
+        };
+        let task = tokio::spawn(ros_net::dhcp6::driver::run(
+            net.clone(),
+            dl,
+            42,
+            now_ms,
+            tx,
+            stop_rx,
+            ros_net::dhcp6::driver::RA_WAIT,
+        ));
+        let within = Duration::from_secs(20);
+        let lease = loop {
+            match tokio::time::timeout(within, rx.recv()).await {
+                Ok(Some(Event::Bound6 { lease, .. })) => break lease,
+                Ok(Some(other)) => eprintln!("event: {other:?}"),
+                Ok(None) => panic!("the driver ended"),
+                Err(_) => panic!("no DHCPv6 lease within {within:?}"),
+            }
+        };
+        let mine = |v: Vec<ros_net::AddrInfo>| -> Vec<ros_net::AddrInfo> {
+            v.into_iter().filter(|a| a.index == link.index).collect()
+        };
+        let bound_addrs = mine(net.addresses().await.expect("addrs"));
+        // The default route comes from the router advertisement (the kernel's part).
+        let mut routes = Vec::new();
+        for _ in 0..50 {
+            routes = net.routes().await.expect("routes");
+            if routes
+                .iter()
+                .any(|r| r.to.prefix_len() == 0 && r.to.addr().is_ipv6())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        stop_tx.send(ack_tx).await.expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), ack_rx)
+            .await
+            .expect("stopped")
+            .expect("ack");
+        task.await.expect("driver task");
+        let after_stop = mine(net.addresses().await.expect("addrs"));
+        V6Run {
+            lease,
+            bound_addrs,
+            routes,
+            after_stop,
+        }
+    })
+}
+
+fn wait_log(lab: &Lab, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = lab.log_text();
+        if log.contains(what) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn root() -> bool {
+    let r = nix::unistd::Uid::effective().is_root();
+    if !r {
+        eprintln!("skipped: needs root for network namespaces");
+    }
+    r
+}
+
+#[test]
+fn dhcp6_stateful_address_dns_and_release() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::100,fd77::1ff,64,2m"]);
+    let l = &run.lease;
+    assert_eq!(l.mode, ros_net::dhcp6::Mode::Stateful, "{l:?}");
+    assert_eq!(l.addresses.len(), 1, "{l:?}");
+    let addr = l.addresses[0].addr;
+    let seg = addr.segments();
+    assert!(
+        seg[..7] == [0xfd77, 0, 0, 0, 0, 0, 0] && (0x100..=0x1ff).contains(&seg[7]),
+        "{addr}"
+    );
+    assert_eq!(l.dns, ["fd77::53".parse::<std::net::Ipv6Addr>().unwrap()]);
+    assert_eq!(l.search, ["test.internal"]);
+    assert_eq!(l.valid_secs, 120);
+    assert!(
+        run.bound_addrs
+            .iter()
+            .any(|a| a.addr.addr() == std::net::IpAddr::V6(addr) && a.addr.prefix_len() == 128),
+        "{:?}",
+        run.bound_addrs
+    );
+    assert!(
+        run.routes.iter().any(|r| r.to.prefix_len() == 0
+            && matches!(r.via, Some(std::net::IpAddr::V6(v)) if v.segments()[0] == 0xfe80)),
+        "no default route from the RA: {:?}",
+        run.routes
+    );
+    assert!(
+        !run.after_stop
+            .iter()
+            .any(|a| a.addr.addr() == std::net::IpAddr::V6(addr)),
+        "released address still set: {:?}",
+        run.after_stop
+    );
+    let log = wait_log(&lab, "DHCPRELEASE");
+    for step in [
+        "DHCPSOLICIT",
+        "DHCPADVERTISE",
+        "DHCPREQUEST",
+        "DHCPREPLY",
+        "DHCPRELEASE",
+    ] {
+        assert!(log.contains(step), "dnsmasq never logged {step}:\n{log}");
+    }
+    let leases = std::fs::read_to_string(lab.leases()).unwrap_or_default();
+    assert!(
+        !leases.contains(&addr.to_string()),
+        "dnsmasq still holds the lease: {leases}"
+    );
+}
+
+#[test]
+fn dhcp6_stateless_when_the_router_sets_only_the_o_flag() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::,ra-stateless"]);
+    let l = &run.lease;
+    assert_eq!(l.mode, ros_net::dhcp6::Mode::Stateless, "{l:?}");
+    assert!(l.addresses.is_empty());
+    assert_eq!(l.dns, ["fd77::53".parse::<std::net::Ipv6Addr>().unwrap()]);
+    assert_eq!(l.search, ["test.internal"]);
+    let log = wait_log(&lab, "DHCPINFORMATION-REQUEST");
+    // A Solicit may come first when dnsmasq's advertisement is later than RA_WAIT: the
+    // driver then switches to stateless, which the lease's mode above shows.
+    assert!(log.contains("DHCPINFORMATION-REQUEST"), "{log}");
+}
+
+#[test]
+fn dhcp6_stays_quiet_when_the_router_says_slaac_only() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::,ra-only"]);
+    assert_eq!(
+        run.lease.mode,
+        ros_net::dhcp6::Mode::Slaac,
+        "{:?}",
+        run.lease
+    );
+    let log = lab.log_text();
+    assert!(
+        !log.contains("DHCPSOLICIT") && !log.contains("DHCPINFORMATION"),
+        "{log}"
     );
 }

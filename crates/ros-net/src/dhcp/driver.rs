@@ -28,9 +28,26 @@ pub struct DhcpLink {
 /// What happened to an interface's lease.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Bound { index: u32, lease: Lease },
-    Unbound { index: u32, address: Ipv4Addr },
-    Failed { index: u32, error: String },
+    Bound {
+        index: u32,
+        lease: Lease,
+    },
+    Unbound {
+        index: u32,
+        address: Ipv4Addr,
+    },
+    /// DHCPv6 configured the interface (stateful, stateless, or SLAAC alone).
+    Bound6 {
+        index: u32,
+        lease: crate::dhcp6::Lease,
+    },
+    Unbound6 {
+        index: u32,
+    },
+    Failed {
+        index: u32,
+        error: String,
+    },
 }
 
 /// Asks a driver to release its lease and stop; answers once done.
