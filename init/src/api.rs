@@ -29,6 +29,25 @@ pub enum ToMain {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Power(PowerAction),
+    /// Apply a changed config (before, after) to the services.
+    Redefine {
+        both: Box<(ros_config::UserData, ros_config::UserData)>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Apply this network config live (when given), then report the network as it is.
+    Network {
+        cfg: Option<Box<ros_config::Network>>,
+        reply: oneshot::Sender<NetworkReply>,
+    },
+}
+
+/// What the main loop answers to [`ToMain::Network`].
+#[derive(Debug)]
+pub struct NetworkReply {
+    /// One line per interface the change touched, and its errors.
+    pub notes: Vec<String>,
+    /// `interfaces`, `missing_interfaces`, `routes`, `dns` as in the ready line.
+    pub view: Value,
 }
 
 /// What the connection tasks share.
@@ -67,7 +86,14 @@ pub fn on_main(req: ToMain, sup: Option<&mut crate::supervisor::Supervisor>, now
             let _ = reply.send(r);
         }
         // Handled by the main loop itself (it owns the shutdown).
-        ToMain::Power(_) => {}
+        ToMain::Redefine { both, reply } => {
+            let notes = match sup {
+                Some(s) => crate::services::redefine(s, &both.0, &both.1, now),
+                None => vec!["there is no supervisor (see the boot's errors)".into()],
+            };
+            let _ = reply.send(notes);
+        }
+        ToMain::Power(_) | ToMain::Network { .. } => {}
     }
 }
 
@@ -213,38 +239,66 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A config change written, and what of it the main loop must apply live.
+struct Changed {
+    reply: Reply,
+    network: Option<ros_config::Network>,
+    /// The config before and after, when what the services are made from changed.
+    services: Option<Box<(ros_config::UserData, ros_config::UserData)>>,
+}
+
+impl Changed {
+    fn only(reply: Reply) -> Changed {
+        Changed {
+            reply,
+            network: None,
+            services: None,
+        }
+    }
+}
+
 /// Applies a change of the persisted config: validated text in, written atomically, then
-/// applied where it can be live.
+/// applied where it can be live (hostname and sysctls here; a changed network and changed
+/// service inputs are returned for the main loop to apply).
 fn change(
     ctx: &Ctx,
     key_hint: Option<&str>,
     edit: impl FnOnce(&str) -> Result<String, Vec<ros_config::ConfigError>>,
-) -> Reply {
+) -> Changed {
     let Ok(_guard) = CONFIG_LOCK.lock() else {
-        return Reply::error(ErrorCode::Failed, "the config lock is poisoned");
+        return Changed::only(Reply::error(
+            ErrorCode::Failed,
+            "the config lock is poisoned",
+        ));
     };
     let path = Path::new(STATE_USER_DATA);
     let before_text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => {
-            return Reply::error(ErrorCode::Failed, format!("reading {STATE_USER_DATA}: {e}"));
+            return Changed::only(Reply::error(
+                ErrorCode::Failed,
+                format!("reading {STATE_USER_DATA}: {e}"),
+            ));
         }
     };
     let new_text = match edit(&before_text) {
         Ok(t) => t,
         Err(errors) => {
-            return errors_reply(
+            return Changed::only(errors_reply(
                 "the change was not made; the config stays as it was",
                 &errors,
-            );
+            ));
         }
     };
     let before = sources::gather(&sources::system_files(), &ctx.cmdline)
         .read
         .data;
     if let Err(e) = write_atomic(path, new_text.as_bytes()) {
-        return Reply::error(ErrorCode::Failed, format!("writing {STATE_USER_DATA}: {e}"));
+        return Changed::only(Reply::error(
+            ErrorCode::Failed,
+            format!("writing {STATE_USER_DATA}: {e}"),
+        ));
     }
     let after = sources::gather(&sources::system_files(), &ctx.cmdline)
         .read
@@ -286,20 +340,96 @@ fn change(
             notes.extend(errs);
         }
     }
-    let mut rest_before = before;
-    let mut rest_after = after;
-    rest_before.hostname = None;
-    rest_after.hostname = None;
-    if rest_before != rest_after {
+    if before.sysctl != after.sysctl {
+        let errs =
+            crate::system::set_sysctls(&crate::sys::RealSys, Path::new("/proc/sys"), &after.sysctl);
+        if errs.is_empty() {
+            live.push("sysctls written".into());
+        } else {
+            notes.extend(errs);
+        }
+    }
+    let network = (before.network != after.network).then(|| after.network.clone());
+    let services = crate::services::service_inputs_differ(&before, &after)
+        .then(|| Box::new((before.clone(), after.clone())));
+    // What is left takes a reboot: modules, write_files, bootcmd and runcmd.
+    if before.modules != after.modules
+        || before.write_files != after.write_files
+        || before.bootcmd != after.bootcmd
+        || before.runcmd != after.runcmd
+    {
         notes.push(
             "saved; the rest of this change takes effect at the next boot (`ros reboot`)".into(),
         );
     }
     notes.extend(live);
-    Reply::Ok {
-        result: json!({"file": STATE_USER_DATA}),
-        notes,
+    Changed {
+        reply: Reply::Ok {
+            result: json!({"file": STATE_USER_DATA}),
+            notes,
+        },
+        network,
+        services,
     }
+}
+
+/// Has the main loop apply `cfg` to the running network (when given); the network as it is
+/// afterwards, and what was done.
+async fn network(ctx: &Ctx, cfg: Option<ros_config::Network>) -> Result<NetworkReply, String> {
+    let (tx, rx) = oneshot::channel();
+    ctx.tx
+        .send(ToMain::Network {
+            cfg: cfg.map(Box::new),
+            reply: tx,
+        })
+        .map_err(|_| "the init's main loop is gone".to_string())?;
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| "the network did not answer within 30 s".to_string())?
+        .map_err(|_| "the init's main loop dropped the request".to_string())
+}
+
+/// A config change, then its network part applied live.
+async fn change_and_apply(
+    ctx: &Ctx,
+    key_hint: Option<&str>,
+    edit: impl FnOnce(&str) -> Result<String, Vec<ros_config::ConfigError>>,
+) -> Reply {
+    let Changed {
+        mut reply,
+        network: net,
+        services,
+    } = change(ctx, key_hint, edit);
+    if let (Some(both), Reply::Ok { notes, .. }) = (services, &mut reply) {
+        let (tx, rx) = oneshot::channel();
+        let sent = ctx.tx.send(ToMain::Redefine { both, reply: tx }).is_ok();
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(n)) if n.is_empty() => {
+                notes.push("services applied live: none changed".into());
+            }
+            Ok(Ok(n)) => notes.push(format!("services applied live: {}", n.join("; "))),
+            _ => notes.push(format!(
+                "services saved but not applied ({}); they take effect at the next boot",
+                if sent {
+                    "no answer"
+                } else {
+                    "the main loop is gone"
+                }
+            )),
+        }
+    }
+    if let (Some(cfg), Reply::Ok { notes, .. }) = (net, &mut reply) {
+        match network(ctx, Some(cfg)).await {
+            Ok(r) if r.notes.is_empty() => {
+                notes.push("network applied live: the interfaces stay as they were".into());
+            }
+            Ok(r) => notes.push(format!("network applied live: {}", r.notes.join("; "))),
+            Err(e) => notes.push(format!(
+                "network saved but not applied ({e}); it takes effect at the next boot"
+            )),
+        }
+    }
+    reply
 }
 
 async fn handle(ctx: &Ctx, req: Request) -> Reply {
@@ -321,15 +451,21 @@ async fn handle(ctx: &Ctx, req: Request) -> Reply {
                 },
             }
         }
-        Request::ConfigSet { key, value } => change(ctx, Some(&key), |t| {
-            ros_config::edit::set(&source, t, &key, &value)
-        }),
-        Request::ConfigUnset { key } => {
-            change(ctx, None, |t| ros_config::edit::unset(&source, t, &key))
+        Request::ConfigSet { key, value } => {
+            change_and_apply(ctx, Some(&key), |t| {
+                ros_config::edit::set(&source, t, &key, &value)
+            })
+            .await
         }
-        Request::ConfigMerge { toml } => change(ctx, None, |t| {
-            ros_config::edit::merge(&source, t, "merged file", &toml)
-        }),
+        Request::ConfigUnset { key } => {
+            change_and_apply(ctx, None, |t| ros_config::edit::unset(&source, t, &key)).await
+        }
+        Request::ConfigMerge { toml } => {
+            change_and_apply(ctx, None, |t| {
+                ros_config::edit::merge(&source, t, "merged file", &toml)
+            })
+            .await
+        }
         Request::ConfigExport { full } => {
             if full {
                 let data = sources::gather(&sources::system_files(), &ctx.cmdline)
@@ -380,6 +516,12 @@ async fn handle(ctx: &Ctx, req: Request) -> Reply {
             let mut v = ctx.ready.lock().map(|r| r.clone()).unwrap_or_default();
             if let Ok(list) = services(ctx).await {
                 v["services"] = json!(list);
+            }
+            // The network as it is now, not as it was at the ready line.
+            if let Ok(r) = network(ctx, None).await
+                && let (Some(obj), Value::Object(view)) = (v.as_object_mut(), r.view)
+            {
+                obj.extend(view);
             }
             v["uptime_ms"] = json!(crate::clock::uptime_ms());
             Reply::ok(v)
@@ -442,7 +584,9 @@ async fn service_action(ctx: &Ctx, name: &str, action: ServiceAction) -> Reply {
         }
         match change(ctx, None, |t| {
             ros_config::edit::set(&source, t, &key, if on { "true" } else { "false" })
-        }) {
+        })
+        .reply
+        {
             Reply::Ok { notes: n, .. } => {
                 notes.extend(n.into_iter().filter(|n| !n.contains("next boot")))
             }

@@ -298,14 +298,14 @@ async fn boot(started: u64) -> ! {
         .await;
     errors.append(&mut net.errors);
 
-    // The metadata service, once the network is up: its config layers in, and what can still
-    // change (hostname, sysctls, modules) is applied again.
+    // The metadata service, once the network is up: its config layers in, and hostname,
+    // sysctls, modules and the network are applied again with it.
     let gathered = match ros_config::cmdline::option(&params, crate::metadata::URL_OPTION) {
         Some(url) => {
             let timeout = ros_config::cmdline::option(&params, crate::metadata::TIMEOUT_OPTION);
-            tl.phase_async(
-                "datasource",
-                datasource(
+            let old_network = gathered.read.data.network.clone();
+            tl.phase_async("datasource", async {
+                let g = datasource(
                     url,
                     timeout,
                     gathered,
@@ -313,8 +313,22 @@ async fn boot(started: u64) -> ! {
                     &sys,
                     loader.as_mut(),
                     &mut errors,
-                ),
-            )
+                )
+                .await;
+                let new = &g.read.data.network;
+                if *new != old_network {
+                    // Only interfaces whose setup changes are touched, so the one the service
+                    // was read through keeps its lease unless the service changes that one.
+                    let host = nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let notes = net.reconfigure(new, &host).await;
+                    log::info!("metadata: network applied: {}", notes.join("; "));
+                    net.wait_online(new.online_timeout()).await;
+                    errors.append(&mut net.errors);
+                }
+                g
+            })
             .await
         }
         None => gathered,
@@ -417,6 +431,19 @@ async fn boot(started: u64) -> ! {
                     };
                     shutdown::shutdown(action, "asked through the API", &mut net, supervisor.as_mut()).await
                 }
+                crate::api::ToMain::Network { cfg, reply } => {
+                    let notes = match cfg {
+                        Some(c) => {
+                            let host = nix::unistd::gethostname()
+                                .map(|h| h.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            net.reconfigure(&c, &host).await
+                        }
+                        None => Vec::new(),
+                    };
+                    let view = ready::network_json(&mut net).await;
+                    let _ = reply.send(crate::api::NetworkReply { notes, view });
+                }
                 other => crate::api::on_main(other, supervisor.as_mut(), uptime_ms()),
             },
         }
@@ -488,13 +515,6 @@ async fn datasource(
     {
         let names: Vec<String> = m.iter().map(|m| m.as_str().to_string()).collect();
         l.load(sys, &names);
-    }
-    if new.network != old.network {
-        errors.push(
-            "metadata: its network settings are not applied (the network is configured before \
-             the metadata service can be read); put them in an earlier source"
-                .into(),
-        );
     }
     for e in after
         .read

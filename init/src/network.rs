@@ -10,7 +10,7 @@ use std::time::Duration;
 use ros_config::Network;
 use ros_net::dhcp::driver::{self, DhcpLink, Event, StopRequest};
 use ros_net::dhcp::{ClientConfig, Lease};
-use ros_net::{LinkInfo, Net, Plan};
+use ros_net::{IfacePlan, LinkInfo, Net, Plan};
 use tokio::sync::{mpsc, oneshot};
 
 /// The state of networking while the machine runs.
@@ -26,7 +26,10 @@ pub struct NetState {
     pub dhcp_errors: BTreeMap<u32, String>,
     pub errors: Vec<String>,
     events: mpsc::UnboundedReceiver<Event>,
-    stops: Vec<(String, mpsc::Sender<StopRequest>)>,
+    /// The drivers' side of `events`, for drivers started later.
+    tx: mpsc::UnboundedSender<Event>,
+    /// How to stop each driver: interface index, a name for the log, the channel.
+    stops: Vec<(u32, String, mpsc::Sender<StopRequest>)>,
     cfg_dns: (Option<Vec<IpAddr>>, Option<Vec<String>>),
     resolv_conf: PathBuf,
 }
@@ -171,8 +174,18 @@ impl NetState {
 
     /// Releases every lease (DHCP RELEASE to the server) and stops the drivers, within `timeout`.
     pub async fn release_all(&mut self, timeout: Duration) {
+        self.stop_drivers(None, timeout).await;
+    }
+
+    /// Stops the drivers of interface `index` (all when `None`), each releasing its lease, and
+    /// takes in what they report.
+    async fn stop_drivers(&mut self, index: Option<u32>, timeout: Duration) {
+        let (stop, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stops)
+            .into_iter()
+            .partition(|(i, _, _)| index.is_none_or(|x| x == *i));
+        self.stops = keep;
         let mut acks = Vec::new();
-        for (name, stop) in self.stops.drain(..) {
+        for (_, name, stop) in stop {
             let (tx, rx) = oneshot::channel();
             if stop.send(tx).await.is_ok() {
                 acks.push((name, rx));
@@ -188,6 +201,181 @@ impl NetState {
             self.handle(ev);
         }
     }
+
+    /// Starts the DHCPv4 and DHCPv6 drivers an interface's plan asks for.
+    fn spawn_drivers(&mut self, net: &Net, i: &IfacePlan, hostname: &str) {
+        if !i.dhcp4 && !i.dhcp6 {
+            return;
+        }
+        let Some(mac) = self
+            .links
+            .iter()
+            .find(|l| l.index == i.index)
+            .and_then(|l| l.mac)
+        else {
+            self.dhcp_errors.insert(i.index, "no MAC address".into());
+            return;
+        };
+        let seed = u64::from(i.index) << 48
+            ^ u64::from_be_bytes([
+                0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5],
+            ])
+            ^ crate::clock::uptime_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if i.dhcp6 {
+            let (stop_tx, stop_rx) = mpsc::channel(1);
+            self.stops
+                .push((i.index, format!("{} (DHCPv6)", i.name), stop_tx));
+            let link = ros_net::dhcp6::driver::Dhcp6Link {
+                index: i.index,
+                name: i.name.clone(),
+                mac: mac.0,
+            };
+            tokio::spawn(ros_net::dhcp6::driver::run(
+                net.clone(),
+                link,
+                seed.rotate_left(17),
+                crate::clock::uptime_ms,
+                self.tx.clone(),
+                stop_rx,
+                ros_net::dhcp6::driver::RA_WAIT,
+            ));
+        }
+        if i.dhcp4 {
+            let link = DhcpLink {
+                index: i.index,
+                name: i.name.clone(),
+                mac: mac.0,
+                mtu_fixed: i.mtu.is_some(),
+            };
+            let cfg = ClientConfig {
+                mac: mac.0,
+                hostname: Some(hostname.to_string()),
+                seed,
+            };
+            let (stop_tx, stop_rx) = mpsc::channel(1);
+            self.stops.push((i.index, i.name.clone(), stop_tx));
+            tokio::spawn(driver::run(
+                net.clone(),
+                link,
+                cfg,
+                crate::clock::uptime_ms,
+                self.tx.clone(),
+                stop_rx,
+            ));
+        }
+    }
+
+    /// Reports the plan's missing interfaces and fallback as errors.
+    fn note_plan(&mut self) {
+        for m in &self.plan.missing {
+            let msg = format!("network: interface `{}`: {}", m.label, m.reason);
+            log::warn!("{msg}");
+            self.errors.push(msg);
+        }
+        if let Some(f) = &self.plan.fallback {
+            log::warn!("network: {f}");
+            self.errors.push(format!("network: {f}"));
+        }
+        if self.plan.interfaces.is_empty() {
+            log::warn!("network: no Ethernet interface found");
+        }
+    }
+
+    /// Sets up interfaces as their plans say: static part over netlink, then the DHCP drivers.
+    async fn bring_up(&mut self, net: &Net, ifaces: Vec<IfacePlan>, hostname: &str) -> Vec<String> {
+        let part = Plan {
+            interfaces: ifaces,
+            ..Plan::default()
+        };
+        let mut errors = Vec::new();
+        for (label, e) in ros_net::apply::apply_static(net, &part).await {
+            let msg = format!("network: `{label}`: {e}");
+            log::warn!("{msg}");
+            errors.push(msg);
+        }
+        for i in &part.interfaces {
+            if !i.addresses.is_empty() {
+                let a: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
+                log::info!("network: {}: static {}", i.name, a.join(" "));
+            }
+            self.spawn_drivers(net, i, hostname);
+        }
+        errors
+    }
+
+    /// Applies a new network config while the machine runs. Interfaces set up as before keep
+    /// their leases; one whose setup changed, or that the config no longer names, is taken down
+    /// (its DHCP released, the old plan's addresses and routes removed), then the new plan's
+    /// interfaces are set up. Returns a line per interface touched, and the errors.
+    pub async fn reconfigure(&mut self, cfg: &Network, hostname: &str) -> Vec<String> {
+        let Some(net) = self.net.clone() else {
+            return vec!["network: there is no netlink connection; reboot to apply".into()];
+        };
+        self.refresh_links().await;
+        let new = ros_net::plan(cfg, &self.links);
+        let change = ros_net::plan::change(&self.plan, &new);
+        let mut notes = Vec::new();
+        for old in &change.down {
+            self.stop_drivers(Some(old.index), Duration::from_secs(3))
+                .await;
+            for a in &old.addresses {
+                if let Err(e) = net.del_address(old.index, *a).await {
+                    notes.push(format!("network: {e}"));
+                }
+            }
+            for r in &old.routes {
+                if let Err(e) = net.del_route(r).await {
+                    notes.push(format!("network: {e}"));
+                }
+            }
+            self.leases.remove(&old.index);
+            self.leases6.remove(&old.index);
+            self.dhcp_errors.remove(&old.index);
+        }
+        let up_names: Vec<String> = change.up.iter().map(|i| i.name.clone()).collect();
+        for old in &change.down {
+            if !up_names.contains(&old.name) {
+                notes.push(format!("{}: no longer configured", old.name));
+            }
+        }
+        for i in &change.up {
+            let mut what = Vec::new();
+            if !i.addresses.is_empty() {
+                let a: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
+                what.push(a.join(" "));
+            }
+            if i.dhcp4 {
+                what.push("DHCPv4".into());
+            }
+            if i.dhcp6 {
+                what.push("DHCPv6".into());
+            }
+            if what.is_empty() {
+                what.push("up, no address".into());
+            }
+            notes.push(format!("{}: {}", i.name, what.join(", ")));
+        }
+        self.plan = new;
+        self.errors.clear();
+        self.note_plan();
+        let errors = self.bring_up(&net, change.up, hostname).await;
+        notes.extend(errors.iter().cloned());
+        self.errors.extend(errors);
+        self.cfg_dns = cfg_dns(cfg);
+        self.write_resolv_conf();
+        log::info!("network: reconfigured live: {}", notes.join("; "));
+        notes
+    }
+}
+
+fn cfg_dns(cfg: &Network) -> (Option<Vec<IpAddr>>, Option<Vec<String>>) {
+    (
+        cfg.dns.nameservers.clone(),
+        cfg.dns
+            .search
+            .as_ref()
+            .map(|s| s.iter().map(ToString::to_string).collect()),
+    )
 }
 
 /// Brings the network up as `cfg` says. Never fails: problems are kept in the state's errors.
@@ -202,14 +390,9 @@ pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetSt
         dhcp_errors: BTreeMap::new(),
         errors: Vec::new(),
         events: rx,
+        tx,
         stops: Vec::new(),
-        cfg_dns: (
-            cfg.dns.nameservers.clone(),
-            cfg.dns
-                .search
-                .as_ref()
-                .map(|s| s.iter().map(ToString::to_string).collect()),
-        ),
+        cfg_dns: cfg_dns(cfg),
         resolv_conf,
     };
     let net = match Net::connect() {
@@ -231,92 +414,14 @@ pub async fn start(cfg: &Network, hostname: &str, resolv_conf: PathBuf) -> NetSt
         st.errors.push(format!("network: loopback: {e}"));
     }
     st.plan = ros_net::plan(cfg, &st.links);
-    for m in &st.plan.missing {
-        let msg = format!("network: interface `{}`: {}", m.label, m.reason);
-        log::warn!("{msg}");
-        st.errors.push(msg);
-    }
-    if let Some(f) = &st.plan.fallback {
-        log::warn!("network: {f}");
-        st.errors.push(format!("network: {f}"));
-    }
-    if st.plan.interfaces.is_empty() {
-        log::warn!("network: no Ethernet interface found");
-    }
-    for (label, e) in ros_net::apply::apply_static(&net, &st.plan).await {
-        let msg = format!("network: `{label}`: {e}");
-        log::warn!("{msg}");
-        st.errors.push(msg);
-    }
+    st.note_plan();
+    let ifaces = st.plan.interfaces.clone();
+    let errors = st.bring_up(&net, ifaces, hostname).await;
+    st.errors.extend(errors);
     log::debug!(
-        "network: static config applied at {} ms",
+        "network: static config applied, DHCP started at {} ms",
         crate::clock::uptime_ms()
     );
-    for i in &st.plan.interfaces {
-        if !i.addresses.is_empty() {
-            let a: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
-            log::info!("network: {}: static {}", i.name, a.join(" "));
-        }
-        if !i.dhcp4 && !i.dhcp6 {
-            continue;
-        }
-        let Some(mac) = st
-            .links
-            .iter()
-            .find(|l| l.index == i.index)
-            .and_then(|l| l.mac)
-        else {
-            st.dhcp_errors.insert(i.index, "no MAC address".into());
-            continue;
-        };
-        let link = DhcpLink {
-            index: i.index,
-            name: i.name.clone(),
-            mac: mac.0,
-            mtu_fixed: i.mtu.is_some(),
-        };
-        let seed = u64::from(i.index) << 48
-            ^ u64::from_be_bytes([
-                0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5],
-            ])
-            ^ crate::clock::uptime_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        if i.dhcp6 {
-            let (stop_tx, stop_rx) = mpsc::channel(1);
-            st.stops.push((format!("{} (DHCPv6)", i.name), stop_tx));
-            let link = ros_net::dhcp6::driver::Dhcp6Link {
-                index: i.index,
-                name: i.name.clone(),
-                mac: mac.0,
-            };
-            tokio::spawn(ros_net::dhcp6::driver::run(
-                net.clone(),
-                link,
-                seed.rotate_left(17),
-                crate::clock::uptime_ms,
-                tx.clone(),
-                stop_rx,
-                ros_net::dhcp6::driver::RA_WAIT,
-            ));
-        }
-        if !i.dhcp4 {
-            continue;
-        }
-        let cfg = ClientConfig {
-            mac: mac.0,
-            hostname: Some(hostname.to_string()),
-            seed,
-        };
-        let (stop_tx, stop_rx) = mpsc::channel(1);
-        st.stops.push((i.name.clone(), stop_tx));
-        tokio::spawn(driver::run(
-            net.clone(),
-            link,
-            cfg,
-            crate::clock::uptime_ms,
-            tx.clone(),
-            stop_rx,
-        ));
-    }
     st.net = Some(net);
     st.write_resolv_conf();
     st

@@ -131,6 +131,21 @@ pub struct InitInfo {
     pub rss_kib: u64,
 }
 
+/// The network as it is now, as the ready line shows it: `interfaces`, `routes`, `dns`.
+pub async fn network_json(st: &mut NetState) -> serde_json::Value {
+    let (interfaces, routes) = network_view(st).await;
+    let (ns, search) = st.dns();
+    serde_json::json!({
+        "interfaces": interfaces,
+        "missing_interfaces": st.plan.missing,
+        "routes": routes,
+        "dns": Dns {
+            nameservers: ns.iter().map(ToString::to_string).collect(),
+            search,
+        },
+    })
+}
+
 /// The interfaces and routes as the kernel has them now, labelled from the plan.
 pub async fn network_view(st: &mut NetState) -> (Vec<Interface>, Vec<Route>) {
     st.refresh_links().await;

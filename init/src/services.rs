@@ -179,6 +179,93 @@ fn users(paths: &Paths, users: Option<&[ros_config::host::User]>) -> Result<(), 
 /// Everything before the first container, then the supervisor, started. Problems go to
 /// `errors` (runtime) and `config_errors` (definitions); the boot goes on without services
 /// when containers cannot run at all.
+/// The service definitions and the services' shared environment a user-data makes: the shipped
+/// definitions, the `console` table, `[services.*]` over them, `bootcmd`/`runcmd`;
+/// `environment` and the NTP servers.
+fn definitions(
+    cfg: &UserData,
+    config_errors: &mut Vec<ConfigError>,
+) -> (BTreeMap<String, Service>, Vec<String>) {
+    let (mut services, shipped_errors) = shipped(Path::new(SHIPPED));
+    config_errors.extend(shipped_errors);
+    // The `console` table changes the shipped console; `[services.console]` still wins.
+    if let Some(c) = services.get_mut("console") {
+        c.merge(console_settings(&cfg.console, config_errors));
+    }
+    for (name, s) in &cfg.services {
+        services.entry(name.clone()).or_default().merge(s.clone());
+    }
+    host_commands(cfg, &mut services, config_errors);
+    let ntp = cfg
+        .ntp
+        .servers
+        .clone()
+        .unwrap_or_else(|| vec!["pool.ntp.org".into()]);
+    // Only the ntp service reads its servers, so only it restarts when they change.
+    if let Some(s) = services.get_mut("ntp") {
+        s.env
+            .entry("ROS_NTP_SERVERS".into())
+            .or_insert_with(|| ntp.join(","));
+    }
+    let env: Vec<String> = cfg
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    (services, env)
+}
+
+/// The parts of a user-data the services are made from.
+pub fn service_inputs_differ(a: &UserData, b: &UserData) -> bool {
+    a.services != b.services
+        || a.environment != b.environment
+        || a.ntp != b.ntp
+        || a.console != b.console
+        || a.users != b.users
+        || a.ssh_authorized_keys != b.ssh_authorized_keys
+}
+
+/// Applies a changed user-data to the running services: the SSH keys and users rewritten (the
+/// console restarted when its users changed), then every service whose definition changed
+/// restarted the new way, new ones started, disabled ones stopped. `bootcmd` and `runcmd` run
+/// once per boot and keep their definitions. Returns a line per change, and problems.
+pub fn redefine(
+    sup: &mut Supervisor,
+    before: &UserData,
+    after: &UserData,
+    now: u64,
+) -> Vec<String> {
+    let paths = Paths::system();
+    let mut notes = Vec::new();
+    if before.ssh_authorized_keys != after.ssh_authorized_keys {
+        match authorized_keys(&paths, after.ssh_authorized_keys.as_deref()) {
+            Ok(()) => notes.push("ssh_authorized_keys: rewritten".into()),
+            Err(e) => notes.push(format!("ssh keys: {e}")),
+        }
+    }
+    let mut errors = Vec::new();
+    let (services, env) = definitions(after, &mut errors);
+    let (changed, problems) = sup.redefine(&services, &env, &["bootcmd", "runcmd"], now);
+    notes.extend(changed);
+    if before.users != after.users {
+        match users(&paths, after.users.as_deref()) {
+            Ok(()) => {
+                if !notes.iter().any(|n| n.starts_with("console:"))
+                    && sup.restart_by_request("console", now).is_ok()
+                {
+                    notes.push("console: restarted for its new users".into());
+                }
+            }
+            Err(e) => notes.push(format!("users: {e}")),
+        }
+    }
+    notes.extend(errors.iter().chain(&problems).map(ToString::to_string));
+    if before.bootcmd != after.bootcmd || before.runcmd != after.runcmd {
+        notes.push("bootcmd/runcmd: they run once per boot; the new ones at the next boot".into());
+    }
+    notes
+}
+
 pub fn start(
     sys: &dyn Sys,
     loader: Option<&mut Loader>,
@@ -243,27 +330,7 @@ pub fn start(
         load(EROFS_MODULES);
     }
     log::debug!("services: images read at {} ms", crate::clock::uptime_ms());
-    let (mut services, shipped_errors) = shipped(Path::new(SHIPPED));
-    config_errors.extend(shipped_errors);
-    // The `console` table changes the shipped console; `[services.console]` still wins.
-    if let Some(c) = services.get_mut("console") {
-        c.merge(console_settings(&cfg.console, config_errors));
-    }
-    for (name, s) in &cfg.services {
-        services.entry(name.clone()).or_default().merge(s.clone());
-    }
-    host_commands(cfg, &mut services, config_errors);
-    let ntp = cfg
-        .ntp
-        .servers
-        .clone()
-        .unwrap_or_else(|| vec!["pool.ntp.org".into()]);
-    let mut env: Vec<String> = cfg
-        .environment
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    env.push(format!("ROS_NTP_SERVERS={}", ntp.join(",")));
+    let (services, env) = definitions(cfg, config_errors);
     let opts = SpawnOptions {
         cgroup_root: "/sys/fs/cgroup".into(),
         run_root: paths.run.join("containers"),

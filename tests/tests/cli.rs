@@ -1,6 +1,7 @@
 //! The `ros` CLI, driven over SSH in the console container of a booted image (both arches),
 //! with a state disk: every verb, its exit codes, a caller that is not root refused by the
-//! API, and a config change that survives QEMU killed without a shutdown.
+//! API, network changes applied live, and a config change that survives QEMU killed without a
+//! shutdown.
 
 use std::io::Write;
 use std::time::Duration;
@@ -58,6 +59,164 @@ fn wait_state(key: &SshKey, port: u16, service: &str, want: &str) -> Result<()> 
     anyhow::bail!("{service} never became {want}")
 }
 
+/// The last lines of a service's log, once they contain `want` (30 s at most).
+fn log_with(key: &SshKey, port: u16, service: &str, want: &str) -> Result<String> {
+    let mut out = String::new();
+    for _ in 0..60 {
+        out = ok(key, port, &format!("service logs {service} -n 20"))?;
+        if out.contains(want) {
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    anyhow::bail!("`{want}` never in the log of {service}: {out}")
+}
+
+/// Service definitions changed through the config apply live: a new one starts, a changed one
+/// restarts the new way, a removed one stops.
+fn services_live(key: &SshKey, port: u16) -> Result<()> {
+    key.run(
+        port,
+        "printf '[services.hello]\\nimage = \"busybox\"\\ncommand = [\"sh\", \"-c\", \"echo hello one; exec sleep 1000\"]\\n' > /tmp/hello.toml",
+        SSH,
+    )?;
+    let (code, out) = ros(key, port, "config merge /tmp/hello.toml")?;
+    ensure!(
+        code == 0 && out.contains("services applied live: hello: started"),
+        "{out}"
+    );
+    wait_state(key, port, "hello", "running")?;
+    log_with(key, port, "hello", "hello one")?;
+    let (code, out) = ros(
+        key,
+        port,
+        r#"config set services.hello.command '["sh", "-c", "echo hello two; exec sleep 1000"]'"#,
+    )?;
+    ensure!(
+        code == 0
+            && out.contains("services applied live: hello: restarted with its new definition"),
+        "{out}"
+    );
+    ensure!(!out.contains("next boot"), "{out}");
+    log_with(key, port, "hello", "hello two")?;
+    wait_state(key, port, "hello", "running")?;
+    let (code, out) = ros(key, port, "config unset services.hello")?;
+    ensure!(
+        code == 0 && out.contains("hello: stopped (disabled or no longer defined)"),
+        "{out}"
+    );
+    wait_state(key, port, "hello", "stopped")?;
+    ensure!(
+        state_of(key, port, "web")? == "running",
+        "web was left alone"
+    );
+    Ok(())
+}
+
+/// An interface of `ros status -o json` (the network as it is now).
+fn live_interface(key: &SshKey, port: u16, name: &str) -> Result<serde_json::Value> {
+    let out = ok(key, port, "status -o json")?;
+    let st: serde_json::Value = serde_json::from_str(out.trim()).context(out.clone())?;
+    st["interfaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .cloned()
+        .with_context(|| format!("no {name} in {st:#}"))
+}
+
+fn addresses(i: &serde_json::Value) -> Vec<String> {
+    i["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Network changes apply live: eth0 named but set up as before keeps its lease; a static address
+/// on eth1 comes and goes; a gateway on eth1 adds its route.
+fn network_live(key: &SshKey, port: u16) -> Result<()> {
+    let eth0 = live_interface(key, port, "eth0")?;
+    let acquired = eth0["dhcp"]["acquired_ms"].clone();
+    ensure!(acquired.is_u64(), "{eth0:#}");
+    let (code, out) = ros(key, port, "config set network.interfaces.eth0.dhcp4 true")?;
+    ensure!(
+        code == 0 && out.contains("network applied live: the interfaces stay as they were"),
+        "{out}"
+    );
+    let (code, out) = ros(
+        key,
+        port,
+        "config set network.interfaces.eth1.addresses 192.168.79.10/24",
+    )?;
+    ensure!(
+        code == 0 && out.contains("network applied live: eth1: 192.168.79.10/24"),
+        "{out}"
+    );
+    ensure!(!out.contains("next boot"), "{out}");
+    let eth1 = live_interface(key, port, "eth1")?;
+    ensure!(
+        addresses(&eth1).contains(&"192.168.79.10/24".to_string()) && eth1["state"] == "static",
+        "{eth1:#}"
+    );
+    let eth0 = live_interface(key, port, "eth0")?;
+    ensure!(
+        eth0["dhcp"]["acquired_ms"] == acquired && eth0["config"] == "eth0",
+        "eth0 was not left alone: {eth0:#}"
+    );
+    // A new address and a route on eth1: taken down and set up again.
+    let (code, out) = ros(
+        key,
+        port,
+        "config set network.interfaces.eth1.addresses 192.168.79.11/24",
+    )?;
+    ensure!(code == 0, "{out}");
+    key.run(
+        port,
+        "printf '[[network.interfaces.eth1.routes]]\\nto = \"10.98.0.0/16\"\\nvia = \"192.168.79.1\"\\n' > /tmp/route.toml",
+        SSH,
+    )?;
+    let (code, out) = ros(key, port, "config merge /tmp/route.toml")?;
+    ensure!(code == 0 && out.contains("network applied live"), "{out}");
+    let eth1 = live_interface(key, port, "eth1")?;
+    let a = addresses(&eth1);
+    ensure!(
+        a.contains(&"192.168.79.11/24".to_string()) && !a.contains(&"192.168.79.10/24".to_string()),
+        "{eth1:#}"
+    );
+    let st: serde_json::Value = serde_json::from_str(ok(key, port, "status -o json")?.trim())?;
+    ensure!(
+        st["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["to"] == "10.98.0.0/16" && r["via"] == "192.168.79.1"),
+        "{:#}",
+        st["routes"]
+    );
+    // Dropped from the config: its address and route go.
+    let (code, out) = ros(key, port, "config unset network.interfaces.eth1")?;
+    ensure!(
+        code == 0 && out.contains("eth1: no longer configured"),
+        "{out}"
+    );
+    let eth1 = live_interface(key, port, "eth1")?;
+    ensure!(
+        addresses(&eth1)
+            .iter()
+            .all(|a| !a.starts_with("192.168.79.")),
+        "{eth1:#}"
+    );
+    let st: serde_json::Value = serde_json::from_str(ok(key, port, "status -o json")?.trim())?;
+    ensure!(
+        !st["routes"].to_string().contains("10.98.0.0/16"),
+        "{:#}",
+        st["routes"]
+    );
+    ok(key, port, "config unset network")?;
+    Ok(())
+}
+
 fn cli(arch: Arch) -> Result<()> {
     let key = SshKey::new()?;
     let dir = tempfile::tempdir()?;
@@ -77,6 +236,10 @@ fn cli(arch: Arch) -> Result<()> {
     cfg.forwards = vec![(port, 22)];
     cfg.disks = vec![disk.clone()];
     cfg.memory_mib = 768;
+    cfg.extra_nics.push(ros_qemu::Nic {
+        mac: "52:54:00:12:34:58".into(),
+        net: ros_qemu::NicNet::Isolated,
+    });
     let mut g = Guest::spawn(&cfg)?;
     g.wait_ready(READY_TIMEOUT)?;
 
@@ -151,6 +314,7 @@ fn cli(arch: Arch) -> Result<()> {
     ensure!(enabled.trim() == "false", "{enabled}");
     ok(&key, port, "service enable web")?;
     wait_state(&key, port, "web", "running")?;
+    services_live(&key, port)?;
 
     // config
     let (code, out) = ros(&key, port, "config set hostname cli-node")?;
@@ -170,8 +334,12 @@ fn cli(arch: Arch) -> Result<()> {
         code == 4 && out.contains("did you mean `hostname`"),
         "{out}"
     );
+    network_live(&key, port)?;
     let (code, out) = ros(&key, port, "config set ntp.servers 10.0.2.2")?;
-    ensure!(code == 0 && out.contains("next boot"), "{out}");
+    ensure!(
+        code == 0 && out.contains("services applied live: ntp: restarted with its new definition"),
+        "{out}"
+    );
     let sources = ok(&key, port, "config sources")?;
     ensure!(
         sources.lines().any(|l| l.starts_with("hostname")
@@ -199,7 +367,11 @@ fn cli(arch: Arch) -> Result<()> {
         "printf 'modules = [\"bonding\"]\\n' > /tmp/m.toml && printf 'hostnme = 1\\n' > /tmp/bad.toml",
         SSH,
     )?;
-    ok(&key, port, "config merge /tmp/m.toml")?;
+    let merged = ok(&key, port, "config merge /tmp/m.toml")?;
+    ensure!(
+        merged.contains("next boot"),
+        "modules wait for a boot: {merged}"
+    );
     ensure!(ok(&key, port, "config get modules")?.contains("bonding"));
     let (code, out) = ros(&key, port, "config merge /tmp/bad.toml")?;
     ensure!(code == 4 && out.contains("hostnme"), "{out}");

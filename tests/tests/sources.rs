@@ -209,7 +209,8 @@ fn metadata_server() -> Result<u16> {
             } else if path == "/latest/user-data" {
                 (
                     "200 OK",
-                    "hostname = \"from-metadata\"\n[sysctl]\n\"vm.swappiness\" = 13\n\"vm.dirty_background_ratio\" = 8\n"
+                    "hostname = \"from-metadata\"\n[sysctl]\n\"vm.swappiness\" = 13\n\"vm.dirty_background_ratio\" = 8\n\
+                     [network.interfaces.eth0]\n[network.interfaces.eth1]\naddresses = [\"192.168.80.10/24\"]\n"
                         .to_string(),
                 )
             } else if path == "/latest/meta-data/local-hostname" {
@@ -236,6 +237,10 @@ fn metadata(arch: Arch) -> Result<()> {
     )?;
     let mut cfg = config(arch)?;
     cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.extra_nics.push(ros_qemu::Nic {
+        mac: "52:54:00:12:34:58".into(),
+        net: ros_qemu::NicNet::Isolated,
+    });
     cfg.append = vec![
         format!("ros.datasource=http://10.0.2.2:{port}/"),
         "ros.sysctl.vm.dirty_background_ratio=5".into(),
@@ -250,6 +255,26 @@ fn metadata(arch: Arch) -> Result<()> {
     ensure!(r["config_errors"] == serde_json::json!([]), "{ctx}");
     // Its user-data beats its local-hostname and fw_cfg; the command line beats it.
     ensure!(r["hostname"] == "from-metadata", "{ctx}");
+    // Its network keys apply: eth1 gets its address; eth0, which it was read through and which
+    // it names as set up already, keeps the lease it had before the service was read.
+    let eth1 = ros_tests::interface(&r, "eth1").context("eth1")?;
+    ensure!(
+        ros_tests::strings(&eth1["addresses"]).contains(&"192.168.80.10/24".to_string()),
+        "{eth1:#}\n{ctx}"
+    );
+    let eth0 = ros_tests::interface(&r, "eth0").context("eth0")?;
+    let datasource_start = r["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|p| p["phase"] == "datasource"))
+        .and_then(|p| p["start_ms"].as_u64())
+        .context("datasource phase")?;
+    ensure!(
+        eth0["config"] == "eth0"
+            && eth0["dhcp"]["acquired_ms"]
+                .as_u64()
+                .is_some_and(|a| a < datasource_start),
+        "{eth0:#}\n{ctx}"
+    );
     ensure!(r["sysctl"]["vm.swappiness"] == "13", "{:#}", r["sysctl"]);
     ensure!(r["sysctl"]["vm.dirty_ratio"] == "23", "{:#}", r["sysctl"]);
     ensure!(

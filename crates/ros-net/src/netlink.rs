@@ -104,18 +104,21 @@ impl Net {
         }
     }
 
-    /// Removes an address; one already gone is not an error.
-    pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NetError> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
+    /// The address messages of one link.
+    async fn link_addresses(&self, index: u32) -> Result<Vec<AddressMessage>, NetError> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(nl("listing addresses"))?;
-        for m in msgs {
+            .map_err(nl("listing addresses"))
+    }
+
+    /// Removes an address; one already gone is not an error.
+    pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NetError> {
+        for m in self.link_addresses(index).await? {
             if address_of(&m).is_some_and(|a| a == addr)
                 && let Err(e) = self.handle.address().del(m).execute().await
                 && errno(&e) != Some(libc::EADDRNOTAVAIL)
@@ -208,16 +211,7 @@ impl Net {
                 other: false,
             });
         }
-        let addrs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing addresses"))?;
-        for m in &addrs {
+        for m in &self.link_addresses(index).await? {
             if m.header.family != AddressFamily::Inet6 || m.header.scope != AddressScope::Link {
                 continue;
             }
@@ -246,31 +240,24 @@ impl Net {
     /// Adds (or replaces) a route in the main table.
     pub async fn add_route(&self, r: &RouteInfo) -> Result<(), NetError> {
         let what = || format!("adding route {} via {:?} on link {}", r.to, r.via, r.dev);
-        let mut b = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(r.to.network(), r.to.prefix_len())
-            .map_err(|e| NetError::Netlink {
-                what: what(),
-                source: rtnetlink::Error::InvalidNla(e.to_string()),
-            })?
-            .output_interface(r.dev);
-        if let Some(via) = r.via {
-            b = b.gateway(via).map_err(|e| NetError::Netlink {
-                what: what(),
-                source: rtnetlink::Error::InvalidNla(e.to_string()),
-            })?;
-        } else {
-            b = b.scope(RouteScope::Link);
-        }
-        if let Some(m) = r.metric {
-            b = b.priority(m);
-        }
+        let msg = route_message(r, what)?;
         self.handle
             .route()
-            .add(b.build())
+            .add(msg)
             .replace()
             .execute()
             .await
             .map_err(nl(what()))
+    }
+
+    /// Removes a route from the main table; one already gone is not an error.
+    pub async fn del_route(&self, r: &RouteInfo) -> Result<(), NetError> {
+        let what = || format!("removing route {} via {:?} on link {}", r.to, r.via, r.dev);
+        let msg = route_message(r, what)?;
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+            r => r.map_err(nl(what())),
+        }
     }
 
     /// The main table's unicast routes, both families.
@@ -389,4 +376,27 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
         _ => None,
     }
+}
+
+/// The netlink message for a route in the main table.
+fn route_message(r: &RouteInfo, what: impl Fn() -> String) -> Result<RouteMessage, NetError> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.to.network(), r.to.prefix_len())
+        .map_err(|e| NetError::Netlink {
+            what: what(),
+            source: rtnetlink::Error::InvalidNla(e.to_string()),
+        })?
+        .output_interface(r.dev);
+    if let Some(via) = r.via {
+        b = b.gateway(via).map_err(|e| NetError::Netlink {
+            what: what(),
+            source: rtnetlink::Error::InvalidNla(e.to_string()),
+        })?;
+    } else {
+        b = b.scope(RouteScope::Link);
+    }
+    if let Some(m) = r.metric {
+        b = b.priority(m);
+    }
+    Ok(b.build())
 }

@@ -129,6 +129,46 @@ pub fn plan(cfg: &Network, links: &[LinkInfo]) -> Plan {
     out
 }
 
+impl IfacePlan {
+    /// Whether `other` sets the interface up the same way (the config key's name aside).
+    pub fn same_setup(&self, other: &IfacePlan) -> bool {
+        self.index == other.index
+            && self.mtu == other.mtu
+            && self.addresses == other.addresses
+            && self.routes == other.routes
+            && self.dhcp4 == other.dhcp4
+            && self.dhcp6 == other.dhcp6
+    }
+}
+
+/// What a live change of the network config does: interfaces to take down (their DHCP released,
+/// the old plan's addresses and routes removed), and interfaces to set up. One whose setup changed
+/// is in both; one set up the same way is in neither and keeps its leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub down: Vec<IfacePlan>,
+    pub up: Vec<IfacePlan>,
+}
+
+/// The change from plan `old` to plan `new`.
+pub fn change(old: &Plan, new: &Plan) -> Change {
+    let kept = |i: &IfacePlan, other: &Plan| other.interfaces.iter().any(|o| o.same_setup(i));
+    Change {
+        down: old
+            .interfaces
+            .iter()
+            .filter(|i| !kept(i, new))
+            .cloned()
+            .collect(),
+        up: new
+            .interfaces
+            .iter()
+            .filter(|i| !kept(i, old))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// A default route through `gw` on interface `dev`.
 pub fn default_route(gw: IpAddr, dev: u32) -> RouteInfo {
     let to = match gw {
@@ -283,5 +323,39 @@ metric = 50
     fn no_nic_at_all_plans_nothing() {
         let p = plan(&Network::default(), &[link(1, "lo", "")]);
         assert!(p.interfaces.is_empty());
+    }
+
+    #[test]
+    fn a_live_change_touches_only_interfaces_whose_setup_changed() {
+        let old = plan(&Network::default(), &links());
+        // eth0 named in the config, set up as before: kept; eth1 new.
+        let new = plan(
+            &net(
+                "[network.interfaces.eth0]\n[network.interfaces.eth1]\naddresses = [\"192.168.79.10/24\"]\n",
+            ),
+            &links(),
+        );
+        let c = change(&old, &new);
+        assert!(c.down.is_empty(), "{c:?}");
+        assert_eq!(c.up.len(), 1);
+        assert_eq!((c.up[0].name.as_str(), c.up[0].dhcp4), ("eth1", false));
+
+        // eth1's address changes, eth0 gets DHCPv6 too: both go down and up again.
+        let newer = plan(
+            &net(
+                "[network.interfaces.eth0]\ndhcp6 = true\n[network.interfaces.eth1]\naddresses = [\"192.168.79.11/24\"]\n",
+            ),
+            &links(),
+        );
+        let c = change(&new, &newer);
+        let names = |v: &[IfacePlan]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&c.down), ["eth0", "eth1"]);
+        assert_eq!(names(&c.up), ["eth0", "eth1"]);
+
+        // Back to no config: eth1 down, eth0 down (DHCPv6 off) and up with DHCPv4 alone.
+        let c = change(&newer, &old);
+        assert_eq!(names(&c.down), ["eth0", "eth1"]);
+        assert_eq!(names(&c.up), ["eth0"]);
+        assert_eq!(change(&old, &old), Change::default());
     }
 }

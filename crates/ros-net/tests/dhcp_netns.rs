@@ -163,8 +163,7 @@ async fn next_bound(
 
 #[test]
 fn exchange_renewal_and_release_against_dnsmasq() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if !root() {
         return;
     }
     let mut lab = Lab::new();
@@ -176,106 +175,79 @@ fn exchange_renewal_and_release_against_dnsmasq() {
         "--dhcp-option=option:T1,4",
         "--dhcp-option=option:T2,7",
     ]);
-    let client_ns = format!("/run/netns/{}", lab.client_ns);
-    let client_if = lab.client_if.clone();
     // The client runs in a thread that has joined the client's namespace.
-    let handle = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&client_ns).expect("netns");
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async move {
-            let net = Net::connect().expect("netlink");
-            let links = net.links().await.expect("links");
-            let link = links
+    let address = in_client(&lab, |net, link| async move {
+        net.set_up(link.index).await.expect("link up");
+        let mac = link.mac.expect("mac").0;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let cfg = ClientConfig {
+            mac,
+            hostname: Some("ros-test".into()),
+            seed: 42,
+        };
+        let dl = DhcpLink {
+            index: link.index,
+            name: link.name.clone(),
+            mac,
+            mtu_fixed: false,
+        };
+        let task = tokio::spawn(driver::run(net.clone(), dl, cfg, now_ms, tx, stop_rx));
+
+        let first = next_bound(&mut rx, Duration::from_secs(15)).await;
+        let octets = first.address.octets();
+        assert!(
+            octets[..3] == [10, 77, 0] && (50..=60).contains(&octets[3]),
+            "{first:?}"
+        );
+        assert_eq!(first.prefix, 24);
+        assert_eq!(first.server, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(first.routers, [Ipv4Addr::new(10, 77, 0, 1)]);
+        assert_eq!(first.dns, [Ipv4Addr::new(10, 77, 0, 53)]);
+        assert_eq!(first.search, ["test.internal"]);
+        assert_eq!(
+            (first.lease_secs, first.t1_secs, first.t2_secs),
+            (120, 4, 7)
+        );
+        let addrs = net.addresses().await.expect("addrs");
+        assert!(
+            addrs
                 .iter()
-                .find(|l| l.name == client_if)
-                .expect("client link")
-                .clone();
-            let lo = links.iter().find(|l| l.loopback).expect("lo");
-            net.set_up(lo.index).await.expect("lo up");
-            net.set_up(link.index).await.expect("link up");
-            let mac = link.mac.expect("mac").0;
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let (stop_tx, stop_rx) = mpsc::channel(1);
-            let cfg = ClientConfig {
-                mac,
-                hostname: Some("ros-test".into()),
-                seed: 42,
-            };
-            let dl = DhcpLink {
-                index: link.index,
-                name: link.name.clone(),
-                mac,
-                mtu_fixed: false,
-            };
-            let task = tokio::spawn(driver::run(net.clone(), dl, cfg, now_ms, tx, stop_rx));
+                .any(|a| a.index == link.index && a.addr.addr() == first.address),
+            "{addrs:?}"
+        );
+        let routes = net.routes().await.expect("routes");
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.to.prefix_len() == 0 && r.via.is_some()),
+            "{routes:?}"
+        );
 
-            let first = next_bound(&mut rx, Duration::from_secs(15)).await;
-            let octets = first.address.octets();
-            assert!(
-                octets[..3] == [10, 77, 0] && (50..=60).contains(&octets[3]),
-                "{first:?}"
-            );
-            assert_eq!(first.prefix, 24);
-            assert_eq!(first.server, Ipv4Addr::new(10, 77, 0, 1));
-            assert_eq!(first.routers, [Ipv4Addr::new(10, 77, 0, 1)]);
-            assert_eq!(first.dns, [Ipv4Addr::new(10, 77, 0, 53)]);
-            assert_eq!(first.search, ["test.internal"]);
-            assert_eq!(
-                (first.lease_secs, first.t1_secs, first.t2_secs),
-                (120, 4, 7)
-            );
-            let addrs = net.addresses().await.expect("addrs");
-            assert!(
-                addrs
-                    .iter()
-                    .any(|a| a.index == link.index && a.addr.addr() == first.address),
-                "{addrs:?}"
-            );
-            let routes = net.routes().await.expect("routes");
-            assert!(
-                routes
-                    .iter()
-                    .any(|r| r.to.prefix_len() == 0 && r.via.is_some()),
-                "{routes:?}"
-            );
+        // T1 is 4 s: a unicast renewal extends the same lease.
+        let renewed = next_bound(&mut rx, Duration::from_secs(15)).await;
+        assert_eq!(renewed.address, first.address);
+        assert!(
+            renewed.acquired_ms >= first.acquired_ms + 3_500,
+            "{first:?} {renewed:?}"
+        );
 
-            // T1 is 4 s: a unicast renewal extends the same lease.
-            let renewed = next_bound(&mut rx, Duration::from_secs(15)).await;
-            assert_eq!(renewed.address, first.address);
-            assert!(
-                renewed.acquired_ms >= first.acquired_ms + 3_500,
-                "{first:?} {renewed:?}"
-            );
-
-            let (ack_tx, ack_rx) = oneshot::channel();
-            stop_tx.send(ack_tx).await.expect("stop");
-            tokio::time::timeout(Duration::from_secs(5), ack_rx)
-                .await
-                .expect("stopped")
-                .expect("ack");
-            task.await.expect("driver task");
-            let addrs = net.addresses().await.expect("addrs");
-            assert!(
-                !addrs.iter().any(|a| a.addr.addr() == first.address),
-                "released address still set: {addrs:?}"
-            );
-            first.address
-        })
+        let (ack_tx, ack_rx) = oneshot::channel();
+        stop_tx.send(ack_tx).await.expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), ack_rx)
+            .await
+            .expect("stopped")
+            .expect("ack");
+        task.await.expect("driver task");
+        let addrs = net.addresses().await.expect("addrs");
+        assert!(
+            !addrs.iter().any(|a| a.addr.addr() == first.address),
+            "released address still set: {addrs:?}"
+        );
+        first.address
     });
-    let address = handle.join().expect("client thread");
     // dnsmasq saw the whole story.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = lab.log_text();
-        if log.contains("DHCPRELEASE") || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let log = wait_log(&lab, "DHCPRELEASE");
     for step in [
         "DHCPDISCOVER",
         "DHCPOFFER",

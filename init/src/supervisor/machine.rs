@@ -157,6 +157,28 @@ pub struct Svc {
 }
 
 impl Svc {
+    fn new(p: Policy) -> Svc {
+        Svc {
+            backoff_ms: p.backoff_initial_ms,
+            restart_after_stop: false,
+            state: match &p.blocked {
+                Some(r) => State::Failed { reason: r.clone() },
+                None => State::Waiting,
+            },
+            policy: p,
+            pid: None,
+            restarts: 0,
+            started_ms: 0,
+            last_exit: None,
+            health: Health {
+                status: HealthStatus::Unknown,
+                failures: 0,
+                next_ms: None,
+                check: None,
+            },
+        }
+    }
+
     /// Whether services depending on this one may start: it runs, or, for a one-shot, it has
     /// completed.
     pub fn ready(&self) -> bool {
@@ -208,33 +230,49 @@ impl Machine {
     pub fn new(policies: Vec<Policy>) -> Machine {
         let svcs = policies
             .into_iter()
-            .map(|p| {
-                let svc = Svc {
-                    backoff_ms: p.backoff_initial_ms,
-                    restart_after_stop: false,
-                    state: match &p.blocked {
-                        Some(r) => State::Failed { reason: r.clone() },
-                        None => State::Waiting,
-                    },
-                    policy: p,
-                    pid: None,
-                    restarts: 0,
-                    started_ms: 0,
-                    last_exit: None,
-                    health: Health {
-                        status: HealthStatus::Unknown,
-                        failures: 0,
-                        next_ms: None,
-                        check: None,
-                    },
-                };
-                (svc.policy.name.clone(), svc)
-            })
+            .map(|p| (p.name.clone(), Svc::new(p)))
             .collect();
         Machine {
             svcs,
             stopping: false,
         }
+    }
+
+    /// A service's definition changed while the machine runs (or it is new): it takes `p`, and a
+    /// running one is stopped and started again, the new way; one that is not running starts
+    /// (once its dependencies are ready). A definition with errors stops it and keeps it failed.
+    pub fn redefine(&mut self, p: Policy, now: u64) -> Vec<Cmd> {
+        if self.stopping {
+            return Vec::new();
+        }
+        let name = p.name.clone();
+        let mut out = Vec::new();
+        match self.svcs.get_mut(&name) {
+            None => {
+                self.svcs.insert(name, Svc::new(p));
+            }
+            Some(s) => {
+                s.backoff_ms = p.backoff_initial_ms;
+                let blocked = p.blocked.clone();
+                s.policy = p;
+                match blocked {
+                    Some(reason) => {
+                        s.restart_after_stop = false;
+                        out.extend(Self::stop_one(s, now));
+                        if !s.state.runs() {
+                            s.state = State::Failed { reason };
+                        }
+                    }
+                    None if s.state.runs() => {
+                        out.extend(Self::stop_one(s, now));
+                        s.restart_after_stop = true;
+                    }
+                    None => s.state = State::Waiting,
+                }
+            }
+        }
+        out.extend(self.schedule(now));
+        out
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Svc> {
@@ -979,5 +1017,35 @@ mod tests {
         m.exited(10, Exit::Code(1), 2);
         assert_eq!(m.get("crash").map(|s| s.state.name()), Some("backoff"));
         assert_eq!(starts(&m.start_one("crash", 3).expect("start")), ["crash"]);
+    }
+
+    #[test]
+    fn a_redefined_service_restarts_the_new_way_and_a_new_one_starts() {
+        let mut m = Machine::new(vec![policy("web", &[]), policy("db", &[])]);
+        m.start(0);
+        m.started("web", 10, 1);
+        m.stop("db", 2).expect("stop");
+        // Running: stopped, then started again once it has exited.
+        let mut p = policy("web", &[]);
+        p.stop_timeout_ms = 9_000;
+        let c = m.redefine(p, 100);
+        assert_eq!(signals(&c), ["web"]);
+        assert_eq!(m.get("web").map(|s| s.policy.stop_timeout_ms), Some(9_000));
+        assert_eq!(starts(&m.exited(10, Exit::Signal(15), 150)), ["web"]);
+        // Not running (stopped by an operator): starts.
+        assert_eq!(starts(&m.redefine(policy("db", &[]), 200)), ["db"]);
+        // New, depending on a running one: starts once that is ready.
+        m.started("web", 11, 201);
+        assert_eq!(starts(&m.redefine(policy("api", &["web"]), 300)), ["api"]);
+        // A definition with errors stops it and it stays down.
+        m.started("api", 12, 301);
+        let mut bad = policy("api", &["web"]);
+        bad.blocked = Some("unknown image".into());
+        assert_eq!(signals(&m.redefine(bad, 400)), ["api"]);
+        assert!(starts(&m.exited(12, Exit::Signal(15), 450)).is_empty());
+        assert!(m.start_one("api", 500).is_err());
+        // Nothing while the machine stops.
+        m.stop_all(600);
+        assert!(m.redefine(policy("late", &[]), 700).is_empty());
     }
 }

@@ -52,8 +52,64 @@ pub struct Supervisor {
     oom_kills: BTreeMap<String, u64>,
     opts: SpawnOptions,
     paths: Paths,
+    /// The definitions and environment last applied, to see what a live change changes.
+    defs: BTreeMap<String, Service>,
+    env: Vec<String>,
     /// Problems in the service definitions, for the ready line.
     pub errors: Vec<ConfigError>,
+}
+
+/// What the enabled services of `services` need: their specs, the machine's policies (a
+/// service kept from starting gets a blocked policy), and the definitions' problems.
+fn prepare(
+    services: &BTreeMap<String, Service>,
+    images: &ImageStore,
+    paths: &Paths,
+    env: &[String],
+) -> (
+    BTreeMap<String, Spec>,
+    Vec<machine::Policy>,
+    Vec<ConfigError>,
+) {
+    let (mut errors, blocked) = ros_config::service::check(services, &images.names());
+    let mut specs = BTreeMap::new();
+    let mut policies = Vec::new();
+    for (name, s) in services.iter().filter(|(_, s)| s.is_enabled()) {
+        let mut why = blocked
+            .contains(name)
+            .then(|| "its definition has errors (see config_errors)".to_string());
+        let image = s.image.as_ref().and_then(|i| images.get(&i.value));
+        match image.map(|img| spec::resolve(name, s, img, paths, env, why.clone())) {
+            Some(Ok(spec)) => {
+                policies.push(spec.policy.clone());
+                specs.insert(name.clone(), spec);
+                continue;
+            }
+            Some(Err(e)) => {
+                errors.push(ConfigError::new(
+                    "services",
+                    ros_config::Pos::default(),
+                    &format!("services.{name}"),
+                    e.clone(),
+                ));
+                why = Some(e);
+            }
+            None => {}
+        }
+        policies.push(machine::Policy {
+            name: name.clone(),
+            depends_on: s.depends().map(str::to_string).collect(),
+            restart: ros_config::service::Restart::No,
+            oneshot: false,
+            backoff_initial_ms: 1,
+            backoff_max_ms: 1,
+            health: None,
+            stop_signal: libc::SIGTERM,
+            stop_timeout_ms: 1,
+            blocked: Some(why.unwrap_or_else(|| "its image is missing".into())),
+        });
+    }
+    (specs, policies, errors)
 }
 
 fn exit_of(s: WaitStatus) -> Option<(i32, Exit)> {
@@ -74,44 +130,7 @@ impl Supervisor {
         env: &[String],
         opts: SpawnOptions,
     ) -> Supervisor {
-        let (mut errors, blocked) = ros_config::service::check(services, &images.names());
-        let mut specs = BTreeMap::new();
-        let mut policies = Vec::new();
-        for (name, s) in services.iter().filter(|(_, s)| s.is_enabled()) {
-            let mut why = blocked
-                .contains(name)
-                .then(|| "its definition has errors (see config_errors)".to_string());
-            let image = s.image.as_ref().and_then(|i| images.get(&i.value));
-            match image.map(|img| spec::resolve(name, s, img, &paths, env, why.clone())) {
-                Some(Ok(spec)) => {
-                    policies.push(spec.policy.clone());
-                    specs.insert(name.clone(), spec);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    errors.push(ConfigError::new(
-                        "services",
-                        ros_config::Pos::default(),
-                        &format!("services.{name}"),
-                        e.clone(),
-                    ));
-                    why = Some(e);
-                }
-                None => {}
-            }
-            policies.push(machine::Policy {
-                name: name.clone(),
-                depends_on: s.depends().map(str::to_string).collect(),
-                restart: ros_config::service::Restart::No,
-                oneshot: false,
-                backoff_initial_ms: 1,
-                backoff_max_ms: 1,
-                health: None,
-                stop_signal: libc::SIGTERM,
-                stop_timeout_ms: 1,
-                blocked: Some(why.unwrap_or_else(|| "its image is missing".into())),
-            });
-        }
+        let (specs, policies, errors) = prepare(services, &images, &paths, env);
         Supervisor {
             machine: Machine::new(policies),
             specs,
@@ -121,8 +140,74 @@ impl Supervisor {
             oom_kills: BTreeMap::new(),
             opts,
             paths,
+            defs: services.clone(),
+            env: env.to_vec(),
             errors,
         }
+    }
+
+    /// Applies new definitions while the machine runs: a service whose definition changed (or
+    /// every one, when the shared environment changed) is restarted the new way, a new or newly
+    /// enabled one starts, a disabled or removed one stops. `fixed` services (the once-per-boot
+    /// ones) keep their old definitions. Returns a line per service touched, and the new
+    /// definitions' problems.
+    pub fn redefine(
+        &mut self,
+        services: &BTreeMap<String, Service>,
+        env: &[String],
+        fixed: &[&str],
+        now: u64,
+    ) -> (Vec<String>, Vec<ConfigError>) {
+        let mut services = services.clone();
+        for name in fixed {
+            match self.defs.get(*name) {
+                Some(old) => services.insert((*name).to_string(), old.clone()),
+                None => services.remove(*name),
+            };
+        }
+        let (specs, policies, errors) = prepare(&services, &self.images, &self.paths, env);
+        let env_changed = env != self.env.as_slice();
+        let mut notes = Vec::new();
+        let mut cmds = Vec::new();
+        let enabled: BTreeSet<String> = policies.iter().map(|p| p.name.clone()).collect();
+        for p in policies {
+            let name = p.name.clone();
+            let known = self.machine.get(&name).is_some();
+            let was_enabled = self.defs.get(&name).is_some_and(Service::is_enabled);
+            if known && was_enabled && !env_changed && self.defs.get(&name) == services.get(&name) {
+                continue;
+            }
+            match specs.get(&name) {
+                Some(s) => self.specs.insert(name.clone(), s.clone()),
+                None => self.specs.remove(&name),
+            };
+            let running = self.machine.get(&name).is_some_and(|s| s.pid.is_some());
+            notes.push(match (&p.blocked, running) {
+                (Some(why), _) => format!("{name}: cannot start: {why}"),
+                (None, true) => format!("{name}: restarted with its new definition"),
+                (None, false) => format!("{name}: started"),
+            });
+            cmds.extend(self.machine.redefine(p, now));
+        }
+        let gone: Vec<String> = self
+            .machine
+            .services()
+            .map(|s| s.policy.name.clone())
+            .filter(|n| !enabled.contains(n) && !fixed.contains(&n.as_str()))
+            .collect();
+        for name in gone {
+            if let Ok(c) = self.machine.stop(&name, now) {
+                if self.machine.get(&name).is_some_and(|s| s.pid.is_some()) {
+                    notes.push(format!("{name}: stopped (disabled or no longer defined)"));
+                }
+                cmds.extend(c);
+            }
+        }
+        self.defs = services;
+        self.env = env.to_vec();
+        self.errors.clone_from(&errors);
+        self.run(cmds, now);
+        (notes, errors)
     }
 
     pub fn start(&mut self, now: u64) {

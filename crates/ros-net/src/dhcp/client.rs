@@ -52,9 +52,15 @@ pub struct Lease {
     pub acquired_ms: u64,
 }
 
+/// When `secs` after `acquired_ms` falls, in ms; none for "forever" (0xffffffff, in DHCPv4
+/// and DHCPv6 alike).
+pub(crate) fn after(acquired_ms: u64, secs: u32) -> Option<u64> {
+    (secs != u32::MAX).then(|| acquired_ms + u64::from(secs) * 1000)
+}
+
 impl Lease {
     fn at(&self, secs: u32) -> Option<u64> {
-        (secs != u32::MAX).then(|| self.acquired_ms + u64::from(secs) * 1000)
+        after(self.acquired_ms, secs)
     }
     pub fn t1_at(&self) -> Option<u64> {
         self.at(self.t1_secs)

@@ -94,7 +94,7 @@ pub struct Lease {
 
 impl Lease {
     fn at(&self, secs: u32) -> Option<u64> {
-        (secs != msg::INFINITY).then(|| self.acquired_ms + u64::from(secs) * 1000)
+        crate::dhcp::client::after(self.acquired_ms, secs)
     }
     pub fn t1_at(&self) -> Option<u64> {
         self.at(self.t1_secs)
