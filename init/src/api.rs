@@ -373,23 +373,29 @@ fn change(
     }
 }
 
-/// Has the main loop apply `cfg` to the running network (when given); the network as it is
-/// afterwards, and what was done.
-async fn network(ctx: &Ctx, cfg: Option<ros_config::Network>) -> Result<NetworkReply, String> {
+/// Sends the main loop a request made around a reply channel; its answer, within 30 s.
+async fn ask<T>(ctx: &Ctx, req: impl FnOnce(oneshot::Sender<T>) -> ToMain) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
     ctx.tx
-        .send(ToMain::Network {
-            cfg: cfg.map(Box::new),
-            reply: tx,
-        })
+        .send(req(tx))
         .map_err(|_| "the init's main loop is gone".to_string())?;
     tokio::time::timeout(Duration::from_secs(30), rx)
         .await
-        .map_err(|_| "the network did not answer within 30 s".to_string())?
+        .map_err(|_| "the init's main loop did not answer within 30 s".to_string())?
         .map_err(|_| "the init's main loop dropped the request".to_string())
 }
 
-/// A config change, then its network part applied live.
+/// Has the main loop apply `cfg` to the running network (when given); the network as it is
+/// afterwards, and what was done.
+async fn network(ctx: &Ctx, cfg: Option<ros_config::Network>) -> Result<NetworkReply, String> {
+    ask(ctx, |reply| ToMain::Network {
+        cfg: cfg.map(Box::new),
+        reply,
+    })
+    .await
+}
+
+/// A config change, then its service and network parts applied live.
 async fn change_and_apply(
     ctx: &Ctx,
     key_hint: Option<&str>,
@@ -401,20 +407,11 @@ async fn change_and_apply(
         services,
     } = change(ctx, key_hint, edit);
     if let (Some(both), Reply::Ok { notes, .. }) = (services, &mut reply) {
-        let (tx, rx) = oneshot::channel();
-        let sent = ctx.tx.send(ToMain::Redefine { both, reply: tx }).is_ok();
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(n)) if n.is_empty() => {
-                notes.push("services applied live: none changed".into());
-            }
-            Ok(Ok(n)) => notes.push(format!("services applied live: {}", n.join("; "))),
-            _ => notes.push(format!(
-                "services saved but not applied ({}); they take effect at the next boot",
-                if sent {
-                    "no answer"
-                } else {
-                    "the main loop is gone"
-                }
+        match ask(ctx, |reply| ToMain::Redefine { both, reply }).await {
+            Ok(n) if n.is_empty() => notes.push("services applied live: none changed".into()),
+            Ok(n) => notes.push(format!("services applied live: {}", n.join("; "))),
+            Err(e) => notes.push(format!(
+                "services saved but not applied ({e}); they take effect at the next boot"
             )),
         }
     }

@@ -319,10 +319,7 @@ async fn boot(started: u64) -> ! {
                 if *new != old_network {
                     // Only interfaces whose setup changes are touched, so the one the service
                     // was read through keeps its lease unless the service changes that one.
-                    let host = nix::unistd::gethostname()
-                        .map(|h| h.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let notes = net.reconfigure(new, &host).await;
+                    let notes = net.reconfigure(new).await;
                     log::info!("metadata: network applied: {}", notes.join("; "));
                     net.wait_online(new.online_timeout()).await;
                     errors.append(&mut net.errors);
@@ -433,12 +430,7 @@ async fn boot(started: u64) -> ! {
                 }
                 crate::api::ToMain::Network { cfg, reply } => {
                     let notes = match cfg {
-                        Some(c) => {
-                            let host = nix::unistd::gethostname()
-                                .map(|h| h.to_string_lossy().into_owned())
-                                .unwrap_or_default();
-                            net.reconfigure(&c, &host).await
-                        }
+                        Some(c) => net.reconfigure(&c).await,
                         None => Vec::new(),
                     };
                     let view = ready::network_json(&mut net).await;

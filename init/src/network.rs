@@ -306,8 +306,12 @@ impl NetState {
     /// Applies a new network config while the machine runs. Interfaces set up as before keep
     /// their leases; one whose setup changed, or that the config no longer names, is taken down
     /// (its DHCP released, the old plan's addresses and routes removed), then the new plan's
-    /// interfaces are set up. Returns a line per interface touched, and the errors.
-    pub async fn reconfigure(&mut self, cfg: &Network, hostname: &str) -> Vec<String> {
+    /// interfaces are set up (DHCPv4 sending the hostname the machine has now). Returns a line
+    /// per interface touched, and the errors.
+    pub async fn reconfigure(&mut self, cfg: &Network) -> Vec<String> {
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Some(net) = self.net.clone() else {
             return vec!["network: there is no netlink connection; reboot to apply".into()];
         };
@@ -358,7 +362,7 @@ impl NetState {
         self.plan = new;
         self.errors.clear();
         self.note_plan();
-        let errors = self.bring_up(&net, change.up, hostname).await;
+        let errors = self.bring_up(&net, change.up, &hostname).await;
         notes.extend(errors.iter().cloned());
         self.errors.extend(errors);
         self.cfg_dns = cfg_dns(cfg);

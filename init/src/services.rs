@@ -228,7 +228,8 @@ pub fn service_inputs_differ(a: &UserData, b: &UserData) -> bool {
 /// Applies a changed user-data to the running services: the SSH keys and users rewritten (the
 /// console restarted when its users changed), then every service whose definition changed
 /// restarted the new way, new ones started, disabled ones stopped. `bootcmd` and `runcmd` run
-/// once per boot and keep their definitions. Returns a line per change, and problems.
+/// once per boot and keep their definitions (the API says their change waits for a boot).
+/// Returns a line per change, and problems.
 pub fn redefine(
     sup: &mut Supervisor,
     before: &UserData,
@@ -260,9 +261,6 @@ pub fn redefine(
         }
     }
     notes.extend(errors.iter().chain(&problems).map(ToString::to_string));
-    if before.bootcmd != after.bootcmd || before.runcmd != after.runcmd {
-        notes.push("bootcmd/runcmd: they run once per boot; the new ones at the next boot".into());
-    }
     notes
 }
 

@@ -51,6 +51,11 @@ pub async fn run(
     let Some((link_local, mut mode, mut ra_seen)) = prepared else {
         return;
     };
+    if mode == Mode::Slaac {
+        // No DHCPv6 on this link: no socket either.
+        announce(&link.name, mode, ra_seen, link_local);
+        return slaac(&events, link.index, now, &mut stop).await;
+    }
     let socket = loop {
         match open(link.index, link_local) {
             Ok(s) => break s,
@@ -75,16 +80,7 @@ pub async fn run(
         now,
     };
     loop {
-        log::info!(
-            "dhcp6: {}: {} (link-local {link_local})",
-            d.link.name,
-            match (mode, ra_seen) {
-                (Mode::Stateful, true) => "asking for an address (the router's M flag)",
-                (Mode::Stateful, false) => "asking for an address (no router advertisement yet)",
-                (Mode::Stateless, _) => "asking for DNS only (the router's O flag)",
-                (Mode::Slaac, _) => "the router asks for SLAAC alone, no DHCPv6",
-            }
-        );
+        announce(&d.link.name, mode, ra_seen, link_local);
         match d.serve(seed, mode, ra_seen, &mut stop).await {
             Some(next) => {
                 mode = next;
@@ -93,6 +89,40 @@ pub async fn run(
             None => return,
         }
     }
+}
+
+fn announce(name: &str, mode: Mode, ra_seen: bool, link_local: Ipv6Addr) {
+    let what = match (mode, ra_seen) {
+        (Mode::Stateful, true) => "asking for an address (the router's M flag)",
+        (Mode::Stateful, false) => "asking for an address (no router advertisement yet)",
+        (Mode::Stateless, _) => "asking for DNS only (the router's O flag)",
+        (Mode::Slaac, _) => "the router asks for SLAAC alone, no DHCPv6",
+    };
+    log::info!("dhcp6: {name}: {what} (link-local {link_local})");
+}
+
+/// SLAAC alone: reports the interface settled, then waits for the stop.
+async fn slaac(
+    events: &mpsc::UnboundedSender<Event>,
+    index: u32,
+    now: fn() -> u64,
+    stop: &mut mpsc::Receiver<StopRequest>,
+) {
+    let _ = events.send(Event::Bound6 {
+        index,
+        lease: Lease {
+            mode: Mode::Slaac,
+            addresses: Vec::new(),
+            server: String::new(),
+            dns: Vec::new(),
+            search: Vec::new(),
+            t1_secs: msg::INFINITY,
+            t2_secs: msg::INFINITY,
+            valid_secs: msg::INFINITY,
+            acquired_ms: now(),
+        },
+    });
+    acknowledge(stop.recv().await);
 }
 
 fn acknowledge(req: Option<StopRequest>) {
@@ -136,21 +166,7 @@ impl Driver {
             mode,
         });
         if mode == Mode::Slaac {
-            let _ = self.events.send(Event::Bound6 {
-                index: self.link.index,
-                lease: Lease {
-                    mode,
-                    addresses: Vec::new(),
-                    server: String::new(),
-                    dns: Vec::new(),
-                    search: Vec::new(),
-                    t1_secs: msg::INFINITY,
-                    t2_secs: msg::INFINITY,
-                    valid_secs: msg::INFINITY,
-                    acquired_ms: now(),
-                },
-            });
-            acknowledge(stop.recv().await);
+            slaac(&self.events, self.link.index, now, stop).await;
             return None;
         }
         let mut actions = client.start(now());
