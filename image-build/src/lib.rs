@@ -185,18 +185,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         InitKind::Null => 0,
     };
     if let (InitKind::Ros, Some(p)) = (opts.init, &opts.user_data) {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let errors = ros_config::from_toml(&p.display().to_string(), &text).errors;
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        // The checks the boot makes (the whole config: the services it makes, their
+        // dependencies and images), so a baked config never fails at boot.
+        let source = ros_config::Source::new(
+            &p.display().to_string(),
+            ros_config::Input::Bytes(bytes.clone()),
+        );
+        let ctx = ros_config::Context::shipped(ros_config::system::Facts::default());
+        let errors = ros_config::load(&[source], "", &ctx).errors;
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             bail!("the user-data to bake is not valid:\n{}", list.join("\n"));
         }
-        full.file(
-            &format!("{IMAGES_DIR}/user-data.toml"),
-            0o644,
-            text.into_bytes(),
-        );
+        full.file(&format!("{IMAGES_DIR}/user-data.toml"), 0o644, bytes);
     }
     let (modules, module_bytes, missing) = match opts.init {
         InitKind::Ros => {
@@ -320,23 +322,6 @@ fn add_images(
             0o644,
             data,
         );
-    }
-    let services = repo.join("system-services/services");
-    for e in
-        std::fs::read_dir(&services).with_context(|| format!("reading {}", services.display()))?
-    {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            a.file(
-                &format!("{IMAGES_DIR}/services/{name}"),
-                0o644,
-                std::fs::read(&p)?,
-            );
-        }
     }
     progress(&format!(
         "images: {} ({} layers, {} KiB)",

@@ -1,26 +1,14 @@
-//! ros's init (PID 1). `boot` runs the phases in order; each phase's decisions live in a module
-//! of its own (mount table, module loading, config sources, hostname and sysctls, network) and
-//! reach the kernel through the [`sys::Sys`] seam, so they are unit-tested without root.
-//! `ARCHITECTURE.md` walks through the boot.
+//! ros's init (PID 1). Its folders follow the boot (`ARCHITECTURE.md` walks through it):
+//! [`boot`] runs the phases in order and then the main loop, the one owner of what runs;
+//! [`platform`] is what faces the kernel (mounts, modules, the state disk, power, the shutdown)
+//! behind the [`platform::sys::Sys`] seam; [`config`] reads the user-data's sources and applies
+//! a config (at boot, and every live change) through one [`config::apply`]; [`network`] keeps
+//! the interfaces and their leases; [`services`] runs the system services as containers under
+//! the supervisor; [`api`] serves the `ros` CLI.
 
 pub mod api;
 pub mod boot;
-pub mod clock;
-pub mod images;
-pub mod kmod;
-pub mod logger;
-pub mod metadata;
-pub mod mounts;
+pub mod config;
 pub mod network;
-pub mod nocloud;
-pub mod power;
-pub mod ready;
+pub mod platform;
 pub mod services;
-pub mod shutdown;
-pub mod sources;
-pub mod state;
-pub mod supervisor;
-pub mod switch_root;
-pub mod sys;
-pub mod system;
-pub mod uevent;

@@ -2,6 +2,8 @@
 //! parallel test processes share one build), guests configured for a test, and typed access to
 //! the ready line.
 
+pub mod worst;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

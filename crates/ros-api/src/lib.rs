@@ -1,30 +1,35 @@
 //! The local API of a ros machine, shared by the init (the server) and the `ros` CLI (the
-//! client). One request per connection on a Unix stream socket that only root may use (the
-//! server checks the caller with `SO_PEERCRED`): the client writes one JSON line (an
-//! [`Envelope`]), the server answers with JSON lines: any number of [`Reply::Line`] (log lines,
-//! for streams), then one [`Reply::Ok`] or [`Reply::Error`] (a followed stream has none and
-//! ends when the client goes away).
+//! client), with the paths both agree on ([`paths`]) and the reports the init makes
+//! ([`report`]). One request per connection on a Unix stream socket that only root may use (the
+//! server checks the caller with `SO_PEERCRED` before it reads anything): the client writes one
+//! JSON line (an [`Envelope`]), the server answers with JSON lines: any number of
+//! [`Reply::Line`] (log lines, for streams), then one [`Reply::Ok`] (a typed [`Response`]) or
+//! [`Reply::Error`] (a followed stream has none and ends when the client goes away).
 //!
 //! The protocol is versioned by [`VERSION`]: fields may be added; a change of meaning or a
 //! removal makes a new version, and a server refuses a version it does not speak with a clear
 //! error. Newline-delimited JSON over a blocking socket is all this needs; an RPC framework
 //! would add size to the init and the CLI for nothing used here.
 
+pub mod paths;
+pub mod report;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use ros_config::ConfigError;
 use serde::{Deserialize, Serialize};
 
+pub use paths::{SOCKET, SOCKET_DIR};
+pub use report::{Ready, ServiceReport};
+
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
-/// The folder of the socket (bind-mounted into the console container).
-pub const SOCKET_DIR: &str = "/run/ros/api";
-/// The socket.
-pub const SOCKET: &str = "/run/ros/api/ros.sock";
-/// A request line longer than this is refused.
-pub const MAX_REQUEST: usize = 2 << 20;
+pub const VERSION: u32 = 2;
+/// A request line longer than this is refused (a merged user-data is at most 1 MiB; its JSON
+/// encoding is larger).
+pub const MAX_REQUEST: usize = 3 << 20;
 
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +65,9 @@ pub enum Request {
     },
     /// Where each effective value comes from.
     ConfigSources,
+    /// Checks the machine's config as the sources give it now (every error, as the boot sees
+    /// them).
+    ConfigValidate,
     ServiceList,
     ServiceStatus {
         name: String,
@@ -108,7 +116,7 @@ pub enum PowerAction {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Ok {
-        result: serde_json::Value,
+        result: Response,
         /// Things the caller should know (e.g. "takes effect at the next boot").
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notes: Vec<String>,
@@ -124,8 +132,100 @@ pub enum Reply {
     Line { line: String },
 }
 
+/// The answer to each request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Response {
+    /// `config_get`: the value at the key (the config's own shape), or all of it.
+    Value(serde_json::Value),
+    /// `config_export`: TOML text.
+    Toml(String),
+    /// `config_sources`.
+    Sources(Box<Sources>),
+    /// `config_set`, `config_unset`, `config_merge`: the file written.
+    Changed {
+        file: String,
+    },
+    /// `config_validate`: the machine's config as the sources give it now.
+    Validation(Validation),
+    /// `service_list`.
+    Services(Vec<ServiceReport>),
+    /// `service_status`.
+    Service(Box<ServiceStatus>),
+    /// A service action or a power request, accepted.
+    Done(Done),
+    /// `status`: the ready report, with the services, the network and the uptime as they are now.
+    Status(Box<Ready>),
+    OsInfo(Box<OsInfo>),
+    /// The end of a stream that was not followed.
+    End,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sources {
+    pub sources: Vec<SourceErrors>,
+    pub keys: Vec<KeySource>,
+}
+
+/// A source and the errors read in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceErrors {
+    pub source: String,
+    pub errors: Vec<String>,
+}
+
+/// A key in force, its value and the source it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeySource {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    pub valid: bool,
+    pub errors: Vec<ConfigError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    #[serde(flatten)]
+    pub service: ServiceReport,
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// The service acted on, for service actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OsInfo {
+    pub name: String,
+    pub version: String,
+    pub api_version: u32,
+    pub arch: String,
+    pub kernel: String,
+    pub hostname: String,
+    pub uptime_ms: u64,
+    pub memory: report::Memory,
+    pub state: report::StateDisk,
+}
+
+impl Response {
+    /// What `-o json` prints: the answer's data alone.
+    pub fn data(&self) -> serde_json::Value {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        v.get("data").cloned().unwrap_or(serde_json::Value::Null)
+    }
+}
+
 impl Reply {
-    pub fn ok(result: serde_json::Value) -> Reply {
+    pub fn ok(result: Response) -> Reply {
         Reply::Ok {
             result,
             notes: Vec::new(),
@@ -298,7 +398,7 @@ mod tests {
             assert!(!line.contains('\n'));
             assert_eq!(parse_request(&line).unwrap(), r);
         }
-        let line = r#"{"version":1,"request":{"op":"config_get","key":"hostname"}}"#;
+        let line = r#"{"version":2,"request":{"op":"config_get","key":"hostname"}}"#;
         assert_eq!(
             parse_request(line).unwrap(),
             Request::ConfigGet {
@@ -309,13 +409,13 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_clear_errors() {
-        let e = parse_request(r#"{"version":2,"request":{"op":"status"}}"#).unwrap_err();
+        let e = parse_request(r#"{"version":1,"request":{"op":"status"}}"#).unwrap_err();
         assert!(
-            matches!(&e, Reply::Error { code: ErrorCode::BadRequest, message, .. } if message.contains("version 2")),
+            matches!(&e, Reply::Error { code: ErrorCode::BadRequest, message, .. } if message.contains("version 1")),
             "{e:?}"
         );
         assert!(parse_request("hello").is_err());
-        let e = parse_request(r#"{"version":1,"request":{"op":"fly"}}"#).unwrap_err();
+        let e = parse_request(r#"{"version":2,"request":{"op":"fly"}}"#).unwrap_err();
         assert!(matches!(e, Reply::Error { .. }));
     }
 
@@ -334,7 +434,7 @@ mod tests {
             w.write_all(Reply::Line { line: "a".into() }.line().as_bytes())
                 .unwrap();
             w.write_all(
-                Reply::ok(serde_json::json!({"got": format!("{req:?}")}))
+                Reply::ok(Response::Toml(format!("{req:?}")))
                     .line()
                     .as_bytes(),
             )
@@ -344,7 +444,7 @@ mod tests {
         let reply = call(&sock, Request::Status, |l| lines.push(l.to_string())).unwrap();
         server.join().unwrap();
         assert_eq!(lines, ["a"]);
-        assert!(matches!(reply, Reply::Ok { result, .. } if result["got"] == "Status"));
+        assert!(matches!(reply, Reply::Ok { result: Response::Toml(t), .. } if t == "Status"));
         assert!(matches!(
             call(&dir.path().join("none"), Request::Status, |_| {}),
             Err(ClientError::Connect(_))

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use ros_api::{PowerAction, Reply, Request, ServiceAction};
+use ros_api::report::Ready;
+use ros_api::{PowerAction, Reply, Request, Response, ServiceAction, ServiceReport};
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
@@ -81,8 +82,8 @@ enum ConfigCmd {
         #[arg(long)]
         full: bool,
     },
-    /// Checks a user-data file (- for standard input); on any Linux host. Without FILE, the
-    /// machine's persisted config.
+    /// Checks a user-data file (- for standard input) as the boot would, on any Linux host.
+    /// Without FILE, the machine's config as its sources give it now (through the API).
     Validate { file: Option<String> },
     /// Which source each value comes from.
     Sources,
@@ -157,7 +158,7 @@ fn run(cli: &Cli) -> Result<(), u8> {
             clap_complete::generate(*shell, &mut Cli::command(), "ros", &mut std::io::stdout());
             return Ok(());
         }
-        Cmd::Config(ConfigCmd::Validate { file }) => return validate(cli, file.as_deref()),
+        Cmd::Config(ConfigCmd::Validate { file: Some(f) }) => return validate(cli, f),
         Cmd::Config(c) => match c {
             ConfigCmd::Get { key } => Request::ConfigGet { key: key.clone() },
             ConfigCmd::Set { key, value } => Request::ConfigSet {
@@ -170,7 +171,7 @@ fn run(cli: &Cli) -> Result<(), u8> {
             },
             ConfigCmd::Export { full } => Request::ConfigExport { full: *full },
             ConfigCmd::Sources => Request::ConfigSources,
-            ConfigCmd::Validate { .. } => unreachable_validate(),
+            ConfigCmd::Validate { .. } => Request::ConfigValidate,
         },
         Cmd::Service(s) => match s {
             ServiceCmd::List => Request::ServiceList,
@@ -222,11 +223,11 @@ fn run(cli: &Cli) -> Result<(), u8> {
     drop(out);
     match reply {
         Reply::Ok { result, notes } => {
-            show(cli, &result);
+            let code = show(cli, &result);
             for n in notes {
                 eprintln!("ros: {n}");
             }
-            Ok(())
+            if code == 0 { Ok(()) } else { Err(code) }
         }
         Reply::Error {
             code,
@@ -243,11 +244,6 @@ fn run(cli: &Cli) -> Result<(), u8> {
     }
 }
 
-/// `Validate` is answered before requests are built.
-fn unreachable_validate() -> Request {
-    Request::Status
-}
-
 fn action(name: &str, action: ServiceAction) -> Request {
     Request::Service {
         name: name.to_string(),
@@ -255,152 +251,149 @@ fn action(name: &str, action: ServiceAction) -> Request {
     }
 }
 
-/// `ros config validate`: every error, with source, line, column and key.
-fn validate(cli: &Cli, file: Option<&str>) -> Result<(), u8> {
-    let (source, text) = match file {
-        Some("-") => ("stdin".to_string(), read_input("-")?),
-        Some(f) => (f.to_string(), read_input(f)?),
-        None => {
-            let p = "/var/lib/ros/config/user-data.toml";
-            match std::fs::read_to_string(p) {
-                Ok(t) => (p.to_string(), t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    println!("{p}: no persisted config (nothing to check)");
-                    return Ok(());
-                }
-                Err(e) => {
-                    eprintln!("ros: reading {p}: {e}");
-                    return Err(1);
-                }
-            }
-        }
-    };
-    let r = ros_config::from_toml(&source, &text);
+/// Prints validation errors (or `valid`); the exit code.
+fn report_validation(cli: &Cli, source: &str, errors: &[ros_config::ConfigError]) -> u8 {
     if cli.output == Output::Json {
         println!(
             "{}",
-            serde_json::json!({"source": source, "valid": r.errors.is_empty(), "errors": r.errors})
+            serde_json::json!({"source": source, "valid": errors.is_empty(), "errors": errors})
         );
-    } else if r.errors.is_empty() {
+    } else if errors.is_empty() {
         println!("{source}: valid");
     } else {
-        for e in &r.errors {
+        for e in errors {
             eprintln!("{e}");
         }
         eprintln!(
             "{source}: {} error{}",
-            r.errors.len(),
-            if r.errors.len() == 1 { "" } else { "s" }
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
         );
     }
-    if r.errors.is_empty() { Ok(()) } else { Err(4) }
+    if errors.is_empty() { 0 } else { 4 }
 }
 
-fn show(cli: &Cli, result: &Value) {
-    if cli.output == Output::Json {
-        if !result.is_null() {
-            println!("{result}");
-        }
-        return;
+/// `ros config validate FILE`: the checks the boot makes (the file alone, then the services it
+/// makes with ros's own, their dependencies and images), every error with source, line, column
+/// and key. A file that is not text (binary, bad gzip, too large) is an error like any other.
+fn validate(cli: &Cli, file: &str) -> Result<(), u8> {
+    let (source, input) = if file == "-" {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b).map_err(|e| {
+            eprintln!("ros: reading standard input: {e}");
+            1
+        })?;
+        ("stdin".to_string(), ros_config::Input::Bytes(b))
+    } else {
+        let input = match std::fs::read(file) {
+            Ok(b) => ros_config::Input::Bytes(b),
+            Err(e) => ros_config::Input::Unreadable(e.to_string()),
+        };
+        (file.to_string(), input)
+    };
+    let ctx = ros_config::Context::shipped(ros_config::system::Facts::default());
+    let l = ros_config::load(&[ros_config::Source::new(&source, input)], "", &ctx);
+    match report_validation(cli, &source, &l.errors) {
+        0 => Ok(()),
+        code => Err(code),
     }
-    match &cli.cmd {
-        Cmd::Config(ConfigCmd::Get { .. }) => match result {
+}
+
+/// Prints an answer; the exit code (0, or 4 for a config that does not validate).
+fn show(cli: &Cli, result: &Response) -> u8 {
+    if let Response::Validation(v) = result {
+        return report_validation(cli, "the machine's config", &v.errors);
+    }
+    if cli.output == Output::Json {
+        let data = result.data();
+        if !data.is_null() {
+            println!("{data}");
+        }
+        return 0;
+    }
+    match result {
+        Response::Value(v) => match v {
             Value::String(s) => println!("{s}"),
-            Value::Object(_) => println!("{}", ros_config::edit::to_toml(result).trim_end()),
+            Value::Object(_) => println!("{}", ros_config::edit::to_toml(v).trim_end()),
             other => println!("{other}"),
         },
-        Cmd::Config(ConfigCmd::Export { .. }) => {
-            print!("{}", result["toml"].as_str().unwrap_or_default());
-        }
-        Cmd::Config(ConfigCmd::Sources) => {
-            let rows: Vec<Vec<String>> = result["keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    vec![
-                        k["key"].as_str().unwrap_or_default().to_string(),
-                        compact(&k["value"]),
-                        k["source"].as_str().unwrap_or_default().to_string(),
-                    ]
-                })
+        Response::Toml(t) => print!("{t}"),
+        Response::Sources(s) => {
+            let rows: Vec<Vec<String>> = s
+                .keys
+                .iter()
+                .map(|k| vec![k.key.clone(), compact(&k.value), k.source.clone()])
                 .collect();
             table(&["KEY", "VALUE", "SOURCE"], &rows);
-            for s in result["sources"].as_array().into_iter().flatten() {
-                for e in s["errors"].as_array().into_iter().flatten() {
-                    eprintln!("ros: {}", e.as_str().unwrap_or_default());
-                }
+            for e in s.sources.iter().flat_map(|s| &s.errors) {
+                eprintln!("ros: {e}");
             }
         }
-        Cmd::Service(ServiceCmd::List) => services_table(result),
-        Cmd::Service(ServiceCmd::Status { .. }) => {
-            for (k, v) in result.as_object().into_iter().flatten() {
-                if k != "log_tail" {
+        Response::Services(list) => services_table(list),
+        Response::Service(st) => {
+            let v = serde_json::to_value(&st.service).unwrap_or_default();
+            for (k, v) in v.as_object().into_iter().flatten() {
+                println!("{k}: {}", compact(v));
+            }
+            println!("log:");
+            for l in &st.log_tail {
+                println!("  {l}");
+            }
+        }
+        Response::Status(r) => status(r),
+        Response::OsInfo(i) => {
+            if matches!(cli.cmd, Cmd::Os(OsCmd::Version)) {
+                println!("ros {}", i.version);
+            } else {
+                let v = serde_json::to_value(i).unwrap_or_default();
+                for (k, v) in v.as_object().into_iter().flatten() {
                     println!("{k}: {}", compact(v));
                 }
             }
-            println!("log:");
-            for l in result["log_tail"].as_array().into_iter().flatten() {
-                println!("  {}", l.as_str().unwrap_or_default());
+        }
+        Response::Done(d) => {
+            if std::io::stdout().is_terminal() {
+                let what = d
+                    .service
+                    .as_deref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
+                println!("{}{what}: done", d.action);
             }
         }
-        Cmd::Status => status(result),
-        Cmd::Os(OsCmd::Version) => {
-            println!("ros {}", result["version"].as_str().unwrap_or_default());
-        }
-        Cmd::Os(OsCmd::Info) => {
-            for (k, v) in result.as_object().into_iter().flatten() {
-                println!("{k}: {}", compact(v));
-            }
-        }
-        Cmd::Service(_) | Cmd::Config(_) | Cmd::Reboot | Cmd::Poweroff => {
-            if std::io::stdout().is_terminal() || !result.is_null() {
-                // Actions answer with what was done; say it briefly.
-                if let Some(a) = result.get("action") {
-                    let what = result
-                        .get("service")
-                        .and_then(Value::as_str)
-                        .map(|s| format!(" {s}"))
-                        .unwrap_or_default();
-                    println!("{}{what}: done", a.as_str().unwrap_or_default());
-                }
-            }
-        }
-        Cmd::Logs { .. } | Cmd::Completions { .. } => {}
+        Response::Changed { .. } | Response::End | Response::Validation(_) => {}
     }
+    0
 }
 
-fn service_row(s: &Value) -> Vec<String> {
-    let get = |k: &str| match &s[k] {
-        Value::Null => "-".to_string(),
-        v => compact(v),
-    };
+fn service_row(s: &ServiceReport) -> Vec<String> {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     vec![
-        get("name"),
-        get("image"),
-        get("state"),
-        get("pid"),
-        get("restarts"),
-        get("health"),
-        get("detail"),
+        s.name.clone(),
+        s.image.clone(),
+        s.state.clone(),
+        or_dash(s.pid.map(|p| p.to_string())),
+        s.restarts.to_string(),
+        or_dash(s.health.map(|h| format!("{h:?}").to_lowercase())),
+        or_dash(s.detail.clone()),
     ]
 }
 
-fn status(r: &Value) {
+fn status(r: &Ready) {
     println!(
         "ros {} on {} ({}), {}, up {:.1} s",
-        r["ros_version"].as_str().unwrap_or_default(),
-        r["hostname"].as_str().unwrap_or_default(),
-        r["arch"].as_str().unwrap_or_default(),
-        r["kernel"].as_str().unwrap_or_default(),
-        r["uptime_ms"].as_f64().unwrap_or_default() / 1000.0
+        r.ros_version,
+        r.hostname,
+        r.arch,
+        r.kernel,
+        r.uptime_ms as f64 / 1000.0
     );
-    let st = &r["state"];
-    if st["persistent"] == true {
+    let st = &r.state;
+    if st.persistent {
         println!(
             "state disk: {}{}",
-            st["device"].as_str().unwrap_or_default(),
-            if st["formatted"] == true {
+            st.device.as_deref().unwrap_or_default(),
+            if st.formatted {
                 " (formatted at this boot)"
             } else {
                 ""
@@ -409,50 +402,46 @@ fn status(r: &Value) {
     } else {
         println!(
             "state disk: none ({})",
-            st["detail"]
-                .as_str()
+            st.detail
+                .as_deref()
                 .unwrap_or("config, volumes and logs are in memory")
         );
     }
     println!("boot:");
-    for p in r["timeline"].as_array().into_iter().flatten() {
-        let (s, e) = (
-            p["start_ms"].as_u64().unwrap_or_default(),
-            p["end_ms"].as_u64().unwrap_or_default(),
-        );
+    for p in &r.timeline {
         println!(
-            "  {:<9} {:>6} ms  ({} ms)",
-            p["phase"].as_str().unwrap_or_default(),
-            s,
-            e.saturating_sub(s)
+            "  {:<10} {:>6} ms  ({} ms)",
+            p.phase,
+            p.start_ms,
+            p.end_ms.saturating_sub(p.start_ms)
         );
     }
-    let errors = r["config_errors"].as_array().cloned().unwrap_or_default();
-    println!("config errors: {}", errors.len());
-    for e in &errors {
+    println!(
+        "init: {} KiB resident, longest busy turn of its main loop {} ms",
+        r.init.rss_kib, r.init.max_stall_ms
+    );
+    println!(
+        "config errors: {}",
+        r.config_errors.len() + r.config_errors_omitted
+    );
+    for e in &r.config_errors {
+        println!("  {e}");
+    }
+    if r.config_errors_omitted > 0 {
         println!(
-            "  {}:{}:{}: {}: {}",
-            e["source"].as_str().unwrap_or_default(),
-            e["line"],
-            e["column"],
-            e["key"].as_str().unwrap_or_default(),
-            e["message"].as_str().unwrap_or_default()
+            "  ... and {} more (`ros config validate`)",
+            r.config_errors_omitted
         );
     }
-    for e in r["errors"].as_array().into_iter().flatten() {
-        println!("error: {}", e.as_str().unwrap_or_default());
+    for e in &r.errors {
+        println!("error: {e}");
     }
     println!("services:");
-    services_table(&r["services"]);
+    services_table(&r.services);
 }
 
-fn services_table(list: &Value) {
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(service_row)
-        .collect();
+fn services_table(list: &[ServiceReport]) {
+    let rows: Vec<Vec<String>> = list.iter().map(service_row).collect();
     table(
         &[
             "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "HEALTH", "DETAIL",

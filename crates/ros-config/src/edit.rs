@@ -85,32 +85,24 @@ fn candidates(value: &str) -> Vec<toml_edit::Value> {
     out
 }
 
-/// Sets `key` to `value` in the user-data `text`; the new text, or why it cannot be.
+/// Sets `key` to `value` in the user-data `text`; the new text, or why it cannot be. Of the
+/// ways `value` can be read, the first that adds no error to the text is taken.
 pub fn set(source: &str, text: &str, key: &str, value: &str) -> Result<String, Vec<ConfigError>> {
     let path = key_path(key).map_err(|e| vec![ConfigError::new(source, Pos::default(), key, e)])?;
     let doc = parse(source, text)?;
-    let dotted = path.join(".");
+    let before = check(source, text);
     let mut first_errors = None;
     for v in candidates(value) {
         let mut d = doc.clone();
         set_in(&mut d, &path, v)
             .map_err(|e| vec![ConfigError::new(source, Pos::default(), key, e)])?;
         let out = d.to_string();
-        let errors = check(source, &out);
-        // Errors elsewhere in the file were there before; only this key's matter here.
-        let ours: Vec<ConfigError> = errors
-            .into_iter()
-            .filter(|e| {
-                e.key == dotted
-                    || e.key.starts_with(&format!("{dotted}."))
-                    || e.key.starts_with(&format!("{dotted}["))
-                    || e.key.is_empty()
-            })
-            .collect();
-        if ours.is_empty() {
+        // Errors elsewhere in the file were there before; only new ones matter here.
+        let added = crate::load::new_errors(&before, &check(source, &out));
+        if added.is_empty() {
             return Ok(out);
         }
-        first_errors.get_or_insert(ours);
+        first_errors.get_or_insert(added);
     }
     Err(first_errors.unwrap_or_default())
 }
@@ -184,13 +176,14 @@ pub fn merge(
             }
         }
     }
+    let before = check(source, text);
     deep(doc.as_table_mut(), add.as_table());
     let out = doc.to_string();
-    let errors = check(source, &out);
-    if errors.is_empty() {
+    let added = crate::load::new_errors(&before, &check(source, &out));
+    if added.is_empty() {
         Ok(out)
     } else {
-        Err(errors)
+        Err(added)
     }
 }
 
@@ -315,6 +308,14 @@ mod tests {
         assert!(out.contains("mtu = 1400"), "{out}");
         let out = set(S, "", "sysctl.net.ipv4.ip_forward", "1").expect("set");
         assert!(out.contains("\"net.ipv4.ip_forward\" = 1"), "{out}");
+        // Dotted sysctl keys are validated like every other key.
+        let e = set(S, "", "sysctl.net.ipv4.ip_forward", "1\nkernel.x = 2").expect_err("two lines");
+        assert_eq!(e[0].key, "sysctl.\"net.ipv4.ip_forward\"", "{e:?}");
+        let e = set(S, "", "sysctl.net..x", "1").expect_err("bad key");
+        assert!(e[0].message.contains("sysctl key"), "{e:?}");
+        // A file with an old error still takes an unrelated change.
+        let out = set(S, "hostnme = \"x\"\n", "hostname", "b").expect("set");
+        assert!(out.contains("hostname = \"b\""), "{out}");
     }
 
     #[test]

@@ -116,8 +116,8 @@ pub fn script(key: &str, cmds: &[Command]) -> String {
     s
 }
 
-pub fn read_write_files(w: &mut Walker<'_>, node: &Node) -> Option<Vec<WriteFile>> {
-    w.list("write_files", node, |w, p, n| {
+pub fn read_write_files(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Vec<WriteFile>> {
+    w.list(path, node, |w, p, n| {
         let mut path = None;
         let mut content = String::new();
         let mut encoding = Encoding::Plain;
@@ -131,10 +131,9 @@ pub fn read_write_files(w: &mut Walker<'_>, node: &Node) -> Option<Vec<WriteFile
             match e.key.as_str() {
                 "path" => {
                     if let Some(s) = w.string(&kp, v) {
-                        if !s.starts_with('/') || s.contains('\0') || s.split('/').any(|c| c == "..") {
-                            w.err(v.pos, &kp, format!("expected an absolute path without `..`, found `{s}`"));
-                        } else {
-                            path = Some(s);
+                        match file_path_problem(&s) {
+                            Some(why) => w.err(v.pos, &kp, why),
+                            None => path = Some(s),
                         }
                     }
                 }
@@ -196,6 +195,34 @@ pub fn read_write_files(w: &mut Walker<'_>, node: &Node) -> Option<Vec<WriteFile
     })
 }
 
+/// Kernel filesystems, where a file written by the config would be a kernel setting or a device
+/// (sysctls and modules have keys of their own).
+const NOT_WRITABLE: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Why a `write_files` path cannot be written, if it cannot.
+fn file_path_problem(s: &str) -> Option<String> {
+    if !s.starts_with('/') || s.split('/').any(|c| c == ".." || c == ".") {
+        return Some(format!(
+            "expected an absolute path without `.` or `..`, found `{s}`"
+        ));
+    }
+    if s.ends_with('/') {
+        return Some(format!(
+            "`{s}` is a folder; a file path does not end with `/`"
+        ));
+    }
+    let clean = s.trim_end_matches('/');
+    if let Some(fs) = NOT_WRITABLE
+        .iter()
+        .find(|d| clean == **d || clean.starts_with(&format!("{d}/")))
+    {
+        return Some(format!(
+            "`{s}` is under {fs}, a kernel filesystem; use `sysctl` or `modules` for kernel settings"
+        ));
+    }
+    None
+}
+
 fn parse_owner(s: &str) -> Option<(u32, u32)> {
     let id = |x: &str| match x {
         "root" => Some(0),
@@ -231,11 +258,11 @@ pub fn read_commands(w: &mut Walker<'_>, key: &str, node: &Node) -> Option<Vec<C
     })
 }
 
-pub fn read_environment(w: &mut Walker<'_>, node: &Node) -> BTreeMap<String, String> {
+pub fn read_environment(w: &mut Walker<'_>, path: &str, node: &Node) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for e in w.map("environment", node).unwrap_or_default() {
-        let kp = join("environment", &e.key);
-        if e.key.is_empty() || e.key.contains('=') || e.key.contains('\0') {
+    for e in w.map(path, node).unwrap_or_default() {
+        let kp = join(path, &e.key);
+        if e.key.is_empty() || e.key.contains('=') {
             w.err(
                 e.key_pos,
                 &kp,
@@ -273,10 +300,11 @@ fn unix_name(s: &str) -> bool {
         && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '_' || x == '-')
 }
 
-pub fn read_users(w: &mut Walker<'_>, node: &Node) -> Option<Vec<User>> {
+pub fn read_users(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Vec<User>> {
     let mut next_uid = 1000u32;
     let mut seen = Vec::new();
-    w.list("users", node, |w, p, n| {
+    let mut uids: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
+    w.list(path, node, |w, p, n| {
         let before = w.errors.len();
         let mut name = None;
         let mut uid = None;
@@ -335,7 +363,12 @@ pub fn read_users(w: &mut Walker<'_>, node: &Node) -> Option<Vec<User>> {
             return None;
         };
         let uid = uid.unwrap_or(next_uid);
-        next_uid = next_uid.max(uid + 1);
+        next_uid = next_uid.max(uid.saturating_add(1));
+        if let Some(other) = uids.get(&uid) {
+            w.err(n.pos, &join(p, "uid"), format!("uid {uid} is `{other}`'s already"));
+        } else {
+            uids.insert(uid, name.clone());
+        }
         (w.errors.len() == before).then_some(User {
             name,
             uid,

@@ -1,20 +1,29 @@
 //! The ros user-data: one versioned TOML schema (see `docs/user-data.md`), read from several
-//! sources, each validated on its own, then layered. Reading never fails: every problem becomes
-//! a [`ConfigError`] naming source, line, column and key, and the key it names keeps the value
-//! of a lower source or its default, so a typo never stops a boot.
+//! sources, each validated on its own, then layered and checked as a whole ([`load`]). Reading
+//! never fails: every problem becomes a [`ConfigError`] naming source, line, column and key,
+//! and the key it names keeps the value of a lower source or its default, so a typo never stops
+//! a boot. Every write of the persisted config goes through [`load::change`], and what a change
+//! means for the machine is a typed [`diff::Diff`].
 
+pub mod check;
 pub mod cmdline;
+pub mod diff;
 pub mod edit;
 pub mod error;
 pub mod host;
+pub mod layered;
+pub mod load;
 pub mod node;
 pub mod schema;
 pub mod service;
+pub mod shipped;
+pub mod system;
 pub mod toml_src;
 pub mod types;
 pub mod walk;
 
 pub use error::{ConfigError, Pos};
+pub use load::{Context, Input, Loaded, Source, load};
 pub use schema::{Console, Dns, Interface, Network, Ntp, Route, SCHEMA_VERSION, UserData};
 pub use service::Service;
 pub use types::{Dur, Hostname, IfName, MacAddr, ModuleName, SysctlKey};

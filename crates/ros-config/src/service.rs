@@ -1,27 +1,63 @@
 //! Service definitions: the `[services.<name>]` tables of a user-data, and of the definitions
 //! shipped in the image (same schema; the user-data's keys win, key by key). See
 //! `docs/user-data.md` for every key. Cross-service checks (unknown dependencies, cycles, unknown
-//! images) are in [`check`], run on the layered result.
+//! images) are in [`crate::check`], run on the layered result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::{ConfigError, Pos};
+use crate::error::Pos;
 use crate::node::{Node, Value};
-use crate::types::{Dur, Hostname};
+use crate::types::{Dur, Hostname, ranges};
 use crate::walk::{Walker, join, suggest};
 
-/// A value and where it was written (for errors found after layering).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A value and where it was written (for errors found after layering). Two are equal when their
+/// values are: moving a line in a file changes no definition.
+#[derive(Debug, Clone, Serialize)]
 pub struct Located<T> {
     pub value: T,
     #[serde(skip)]
     pub source: String,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+impl<T: PartialEq> PartialEq for Located<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Located<T> {}
+
+impl<T> Located<T> {
+    /// A value made by ros itself (no source to point at).
+    pub fn builtin(value: T, source: &str) -> Located<T> {
+        Located {
+            value,
+            source: source.to_string(),
+            pos: Pos::default(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Located<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// `value`, located at `node` in the walker's source.
+pub fn located<T>(w: &Walker<'_>, node: &Node, value: T) -> Located<T> {
+    Located {
+        value,
+        source: w.source().to_string(),
+        pos: node.pos,
+    }
 }
 
 /// A namespace a service can share with the host.
@@ -59,6 +95,17 @@ pub struct Volume {
     pub read_only: bool,
 }
 
+/// A host device given to a service: `/dev/vdb`, `/dev/vdb:r` (read only), or
+/// `/dev/vdb:/dev/disk0[:rwm]` (another name inside).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSpec {
+    pub host: String,
+    pub container: String,
+    pub read: bool,
+    pub write: bool,
+    pub mknod: bool,
+}
+
 /// A size in bytes: `64M`, `1G`, `512K`, a number of bytes, or `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Size(pub Option<u64>);
@@ -83,24 +130,10 @@ impl FromStr for Size {
             _ => return Err(format!("unknown size unit in `{s}`; use K, M or G")),
         };
         n.checked_mul(mult)
+            .filter(|v| i64::try_from(*v).is_ok())
             .map(|v| Size(Some(v)))
             .ok_or_else(|| format!("size `{s}` is too large"))
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Resources {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pids: Option<i64>,
-    /// CPUs, e.g. 0.5.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_weight: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_weight: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,66 +153,125 @@ pub struct Health {
     pub retries: u32,
 }
 
-/// One service, every key optional (layers merge key by key).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Service {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<Located<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    /// (uid, gid)
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<(u32, u32)>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<Hostname>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_namespaces: Option<Vec<HostNs>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub privileged: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_add: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_drop: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub read_only: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub persistent: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Vec<Volume>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<String>>,
-    pub resources: Resources,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub depends_on: Option<Vec<Located<String>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub restart: Option<Restart>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oneshot: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_initial: Option<Dur>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_max: Option<Dur>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop_signal: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop_timeout: Option<Dur>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub syslog: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init: Option<bool>,
-    /// Resource limits by name (`nofile`, `nproc` ...): (soft, hard).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rlimits: Option<BTreeMap<String, (u64, u64)>>,
+crate::table! {
+    /// One service, every key optional (layers merge key by key).
+    #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+    pub struct Service {
+        planned: [],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        enabled: Option<bool> = "enabled" => |w, p, n| w.bool(p, n),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image: Option<Located<String>> = "image" => |w, p, n| {
+            w.string(p, n).map(|v| located(w, n, v))
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<Vec<String>> = "command" => |w, p, n| {
+            let c = w.list(p, n, |w, p, n| w.string(p, n))?;
+            if c.is_empty() {
+                w.err(n.pos, p, "the command is empty");
+                return None;
+            }
+            Some(c)
+        },
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String> = "env" => read_env,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        working_dir: Option<String> = "working_dir" => abs_path,
+        /// (uid, gid)
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<(u32, u32)> = "user" => read_user,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hostname: Option<Located<Hostname>> = "hostname" => |w, p, n| {
+            w.parsed(p, n, "a hostname").map(|h| located(w, n, h))
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_namespaces: Option<Vec<HostNs>> = "host_namespaces" => |w, p, n| {
+            w.list(p, n, host_ns)
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        privileged: Option<bool> = "privileged" => |w, p, n| w.bool(p, n),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        capabilities: Option<Vec<String>> = "capabilities" => |w, p, n| w.list(p, n, cap_name),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cap_add: Option<Vec<String>> = "cap_add" => |w, p, n| w.list(p, n, cap_name),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cap_drop: Option<Vec<String>> = "cap_drop" => |w, p, n| w.list(p, n, cap_name),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read_only: Option<bool> = "read_only" => |w, p, n| w.bool(p, n),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        persistent: Option<bool> = "persistent" => |w, p, n| w.bool(p, n),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        volumes: Option<Vec<Volume>> = "volumes" => |w, p, n| w.list(p, n, volume),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        devices: Option<Vec<DeviceSpec>> = "devices" => |w, p, n| w.list(p, n, device),
+        resources: Resources = "resources" => Resources::read,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        depends_on: Option<Vec<Located<String>>> = "depends_on" => |w, p, n| {
+            w.list(p, n, |w, p, n| {
+                let v = w.string(p, n)?;
+                Some(located(w, n, v))
+            })
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        restart: Option<Restart> = "restart" => read_restart,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        oneshot: Option<bool> = "oneshot" => |w, p, n| w.bool(p, n),
+        backoff: Backoff = "backoff" => Backoff::read,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        health: Option<Health> = "health" => read_health,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stop_signal: Option<String> = "stop_signal" => read_stop_signal,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stop_timeout: Option<Dur> = "stop_timeout" => |w, p, n| {
+            w.duration(p, n, ranges::STOP_TIMEOUT)
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        syslog: Option<bool> = "syslog" => |w, p, n| w.bool(p, n),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        init: Option<bool> = "init" => |w, p, n| w.bool(p, n),
+        /// Resource limits by name (`nofile`, `nproc` ...): (soft, hard).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rlimits: Option<BTreeMap<String, (u64, u64)>> = "rlimits" => read_rlimits,
+    }
+}
+
+crate::table! {
+    #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+    pub struct Resources {
+        planned: [],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory: Option<Size> = "memory" => |w, p, n| match &n.value {
+            Value::Integer(b) if *b > 0 => u64::try_from(*b).ok().map(|b| Size(Some(b))),
+            _ => w.parsed(p, n, "a size like \"64M\""),
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pids: Option<i64> = "pids" => |w, p, n| w.int(p, n, 1, 4_194_304),
+        /// CPUs, e.g. 0.5.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu: Option<f64> = "cpu" => read_cpu,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu_weight: Option<u64> = "cpu_weight" => |w, p, n| {
+            w.int(p, n, 1, 10_000).and_then(|v| u64::try_from(v).ok())
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        io_weight: Option<u64> = "io_weight" => |w, p, n| {
+            w.int(p, n, 1, 10_000).and_then(|v| u64::try_from(v).ok())
+        },
+    }
+}
+
+crate::table! {
+    /// Restart delays: from `initial`, doubled after each failed run, up to `max`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+    pub struct Backoff {
+        planned: [],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        initial: Option<Located<Dur>> = "initial" => |w, p, n| {
+            w.duration(p, n, ranges::BACKOFF_INITIAL).map(|d| located(w, n, d))
+        },
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max: Option<Dur> = "max" => |w, p, n| w.duration(p, n, ranges::BACKOFF_MAX),
+    }
 }
 
 /// The rlimits a service may set.
@@ -202,37 +294,6 @@ pub const RLIMITS: &[&str] = &[
     "stack",
 ];
 
-const SERVICE_KEYS: &[&str] = &[
-    "enabled",
-    "image",
-    "command",
-    "env",
-    "working_dir",
-    "user",
-    "hostname",
-    "host_namespaces",
-    "privileged",
-    "capabilities",
-    "cap_add",
-    "cap_drop",
-    "read_only",
-    "persistent",
-    "volumes",
-    "devices",
-    "resources",
-    "depends_on",
-    "restart",
-    "oneshot",
-    "backoff",
-    "health",
-    "stop_signal",
-    "stop_timeout",
-    "syslog",
-    "init",
-    "rlimits",
-];
-const RESOURCE_KEYS: &[&str] = &["memory", "pids", "cpu", "cpu_weight", "io_weight"];
-const BACKOFF_KEYS: &[&str] = &["initial", "max"];
 const HEALTH_KEYS: &[&str] = &["exec", "tcp", "interval", "timeout", "retries"];
 
 /// The capabilities Linux knows (6.1), by their canonical names.
@@ -337,12 +398,198 @@ fn cap_name(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
     None
 }
 
-fn located(w: &Walker<'_>, node: &Node, value: String) -> Located<String> {
-    Located {
-        value,
-        source: w.source().to_string(),
-        pos: node.pos,
+fn host_ns(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<HostNs> {
+    let v = w.string(p, n)?;
+    match v.as_str() {
+        "net" | "network" => Some(HostNs::Net),
+        "pid" => Some(HostNs::Pid),
+        "ipc" => Some(HostNs::Ipc),
+        "uts" => Some(HostNs::Uts),
+        other => {
+            w.err(
+                n.pos,
+                p,
+                format!("`{other}` cannot be shared; share net, pid, ipc or uts"),
+            );
+            None
+        }
     }
+}
+
+fn read_env(w: &mut Walker<'_>, p: &str, n: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for v in w.map(p, n).unwrap_or_default() {
+        let vp = join(p, &v.key);
+        if v.key.is_empty() || v.key.contains('=') {
+            w.err(
+                v.key_pos,
+                &vp,
+                "an environment variable name holds no `=` and is not empty",
+            );
+            continue;
+        }
+        if let Some(val) = w.scalar_text(&vp, &v.node) {
+            out.insert(v.key.clone(), val);
+        }
+    }
+    out
+}
+
+fn read_user(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<(u32, u32)> {
+    let u = w.string(p, n)?;
+    let mut it = u.splitn(2, ':');
+    let uid = it.next().and_then(|x| x.parse::<u32>().ok());
+    let gid = match it.next() {
+        Some(g) => g.parse::<u32>().ok(),
+        None => uid,
+    };
+    match (uid, gid) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => {
+            w.err(
+                n.pos,
+                p,
+                format!("expected UID or UID:GID (numbers), found `{u}`"),
+            );
+            None
+        }
+    }
+}
+
+fn read_restart(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<Restart> {
+    let r = w.string(p, n)?;
+    match r.as_str() {
+        "always" => Some(Restart::Always),
+        "on-failure" => Some(Restart::OnFailure),
+        "no" => Some(Restart::No),
+        other => {
+            w.err(
+                n.pos,
+                p,
+                format!("`{other}` is not a restart policy: always, on-failure or no"),
+            );
+            None
+        }
+    }
+}
+
+fn read_stop_signal(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<String> {
+    let v = w.string(p, n)?;
+    let up = v.to_ascii_uppercase();
+    let canon = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    if SIGNALS.contains(&canon.as_str()) {
+        Some(canon)
+    } else {
+        w.err(
+            n.pos,
+            p,
+            format!(
+                "`{v}` is not a stop signal; use one of {}",
+                SIGNALS.join(", ")
+            ),
+        );
+        None
+    }
+}
+
+fn read_cpu(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<f64> {
+    let cpus = match &n.value {
+        Value::Float(f) => Some(*f),
+        Value::Integer(i) => i32::try_from(*i).ok().map(f64::from),
+        Value::Text(t) => t.parse::<f64>().ok(),
+        _ => None,
+    };
+    match cpus {
+        // cpu.max's quota is at least 1000 us of a 100000 us period.
+        Some(c) if (0.01..=1024.0).contains(&c) => Some(c),
+        _ => {
+            w.err(
+                n.pos,
+                p,
+                "expected a number of CPUs from 0.01 to 1024, like 0.5",
+            );
+            None
+        }
+    }
+}
+
+fn read_rlimits(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<BTreeMap<String, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    let before = w.errors.len();
+    for e in w.table(p, n, RLIMITS).unwrap_or_default() {
+        let ep = join(p, &e.key);
+        let limit = |w: &mut Walker<'_>, path: &str, node: &Node| match &node.value {
+            Value::String(v) | Value::Text(v) if v == "unlimited" => Some(u64::MAX),
+            _ => w
+                .int(path, node, 0, i64::MAX)
+                .and_then(|v| u64::try_from(v).ok()),
+        };
+        let pair = match &e.node.value {
+            Value::Array(items) if items.len() == 2 => {
+                match (
+                    limit(w, &format!("{ep}[0]"), &items[0]),
+                    limit(w, &format!("{ep}[1]"), &items[1]),
+                ) {
+                    (Some(a), Some(b)) if a <= b => Some((a, b)),
+                    (Some(_), Some(_)) => {
+                        w.err(e.node.pos, &ep, "the soft limit is above the hard one");
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            Value::Array(_) => {
+                w.err(e.node.pos, &ep, "expected one limit or [soft, hard]");
+                None
+            }
+            _ => limit(w, &ep, &e.node).map(|v| (v, v)),
+        };
+        if let Some(pair) = pair {
+            out.insert(e.key.clone(), pair);
+        }
+    }
+    (w.errors.len() == before).then_some(out)
+}
+
+fn device(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<DeviceSpec> {
+    let s = w.string(path, node)?;
+    let parts: Vec<&str> = s.split(':').collect();
+    let perms_ok = |p: &str| !p.is_empty() && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'));
+    let (host, container, perms) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, p] if perms_ok(p) => (*h, *h, *p),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, p] if perms_ok(p) => (*h, *c, *p),
+        _ => {
+            w.err(
+                node.pos,
+                path,
+                format!("expected /dev/PATH[:/dev/PATH][:rwm], found `{s}`"),
+            );
+            return None;
+        }
+    };
+    for d in [host, container] {
+        if !d.starts_with("/dev/") || d.split('/').any(|c| c == ".." || c == ".") {
+            w.err(
+                node.pos,
+                path,
+                format!("`{d}` is not a device path under /dev"),
+            );
+            return None;
+        }
+    }
+    Some(DeviceSpec {
+        host: host.to_string(),
+        container: container.to_string(),
+        read: perms.contains('r'),
+        write: perms.contains('w'),
+        mknod: perms.contains('m'),
+    })
 }
 
 fn volume(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Volume> {
@@ -432,8 +679,8 @@ fn read_health(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Health> {
                     .and_then(|v| u16::try_from(v).ok())
                     .map(HealthCheck::Tcp);
             }
-            "interval" => interval = w.parsed::<Dur>(&p, &e.node, "a duration"),
-            "timeout" => timeout = w.parsed::<Dur>(&p, &e.node, "a duration"),
+            "interval" => interval = w.duration(&p, &e.node, ranges::HEALTH_INTERVAL),
+            "timeout" => timeout = w.duration(&p, &e.node, ranges::HEALTH_TIMEOUT),
             "retries" => {
                 retries = w
                     .int(&p, &e.node, 1, 100)
@@ -453,6 +700,10 @@ fn read_health(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Health> {
         );
         return None;
     };
+    if matches!(&check, HealthCheck::Exec(c) if c.is_empty()) {
+        w.err(node.pos, path, "the health check's command is empty");
+        return None;
+    }
     Some(Health {
         check,
         interval: interval.map_or(Duration::from_secs(10), |d| d.0),
@@ -463,255 +714,19 @@ fn read_health(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<Health> {
 
 /// Reads one `[services.<name>]` table.
 pub fn read_service(w: &mut Walker<'_>, path: &str, node: &Node) -> Service {
-    let mut s = Service::default();
-    for e in w.table(path, node, SERVICE_KEYS).unwrap_or_default() {
-        let p = join(path, &e.key);
-        let n = &e.node;
-        match e.key.as_str() {
-            "enabled" => s.enabled = w.bool(&p, n),
-            "image" => s.image = w.string(&p, n).map(|v| located(w, n, v)),
-            "command" => {
-                s.command = w.list(&p, n, |w, p, n| w.string(p, n));
-                if s.command.as_ref().is_some_and(Vec::is_empty) {
-                    w.err(n.pos, &p, "the command is empty");
-                    s.command = None;
-                }
-            }
-            "env" => {
-                for v in w.map(&p, n).unwrap_or_default() {
-                    let vp = join(&p, &v.key);
-                    if v.key.is_empty() || v.key.contains('=') {
-                        w.err(
-                            v.key_pos,
-                            &vp,
-                            "an environment variable name holds no `=` and is not empty",
-                        );
-                        continue;
-                    }
-                    if let Some(val) = w.scalar_text(&vp, &v.node) {
-                        s.env.insert(v.key.clone(), val);
-                    }
-                }
-            }
-            "working_dir" => s.working_dir = abs_path(w, &p, n),
-            "user" => {
-                s.user = w.string(&p, n).and_then(|u| {
-                    let mut it = u.splitn(2, ':');
-                    let uid = it.next().and_then(|x| x.parse::<u32>().ok());
-                    let gid = match it.next() {
-                        Some(g) => g.parse::<u32>().ok(),
-                        None => uid,
-                    };
-                    match (uid, gid) {
-                        (Some(a), Some(b)) => Some((a, b)),
-                        _ => {
-                            w.err(
-                                n.pos,
-                                &p,
-                                format!("expected UID or UID:GID (numbers), found `{u}`"),
-                            );
-                            None
-                        }
-                    }
-                })
-            }
-            "hostname" => s.hostname = w.parsed(&p, n, "a hostname"),
-            "host_namespaces" => {
-                s.host_namespaces = w.list(&p, n, |w, p, n| {
-                    let v = w.string(p, n)?;
-                    match v.as_str() {
-                        "net" | "network" => Some(HostNs::Net),
-                        "pid" => Some(HostNs::Pid),
-                        "ipc" => Some(HostNs::Ipc),
-                        "uts" => Some(HostNs::Uts),
-                        other => {
-                            w.err(
-                                n.pos,
-                                p,
-                                format!("`{other}` cannot be shared; share net, pid, ipc or uts"),
-                            );
-                            None
-                        }
-                    }
-                })
-            }
-            "privileged" => s.privileged = w.bool(&p, n),
-            "capabilities" => s.capabilities = w.list(&p, n, cap_name),
-            "cap_add" => s.cap_add = w.list(&p, n, cap_name),
-            "cap_drop" => s.cap_drop = w.list(&p, n, cap_name),
-            "read_only" => s.read_only = w.bool(&p, n),
-            "persistent" => s.persistent = w.bool(&p, n),
-            "volumes" => s.volumes = w.list(&p, n, volume),
-            "devices" => {
-                s.devices = w.list(&p, n, |w, p, n| {
-                    let d = abs_path(w, p, n)?;
-                    if d.starts_with("/dev/") {
-                        Some(d)
-                    } else {
-                        w.err(n.pos, p, format!("`{d}` is not under /dev"));
-                        None
-                    }
-                })
-            }
-            "resources" => {
-                for r in w.table(&p, n, RESOURCE_KEYS).unwrap_or_default() {
-                    let rp = join(&p, &r.key);
-                    match r.key.as_str() {
-                        "memory" => {
-                            s.resources.memory = match &r.node.value {
-                                Value::Integer(b) if *b > 0 => {
-                                    Some(Size(Some(u64::try_from(*b).unwrap_or(0))))
-                                }
-                                _ => w.parsed(&rp, &r.node, "a size like \"64M\""),
-                            }
-                        }
-                        "pids" => s.resources.pids = w.int(&rp, &r.node, 1, 4_194_304),
-                        "cpu" => {
-                            s.resources.cpu = match &r.node.value {
-                                Value::Float(f) if *f > 0.0 && *f <= 1024.0 => Some(*f),
-                                Value::Integer(i) if *i > 0 && *i <= 1024 => {
-                                    i32::try_from(*i).ok().map(f64::from)
-                                }
-                                Value::Text(t) => t.parse::<f64>().ok().filter(|f| *f > 0.0),
-                                _ => {
-                                    w.err(
-                                        r.node.pos,
-                                        &rp,
-                                        "expected a number of CPUs above 0, like 0.5",
-                                    );
-                                    None
-                                }
-                            }
-                        }
-                        "cpu_weight" => {
-                            s.resources.cpu_weight = w
-                                .int(&rp, &r.node, 1, 10_000)
-                                .and_then(|v| u64::try_from(v).ok())
-                        }
-                        "io_weight" => {
-                            s.resources.io_weight = w
-                                .int(&rp, &r.node, 1, 10_000)
-                                .and_then(|v| u64::try_from(v).ok())
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            "depends_on" => {
-                s.depends_on = w.list(&p, n, |w, p, n| {
-                    let v = w.string(p, n)?;
-                    Some(located(w, n, v))
-                })
-            }
-            "restart" => {
-                s.restart = w.string(&p, n).and_then(|r| match r.as_str() {
-                    "always" => Some(Restart::Always),
-                    "on-failure" => Some(Restart::OnFailure),
-                    "no" => Some(Restart::No),
-                    other => {
-                        w.err(
-                            n.pos,
-                            &p,
-                            format!("`{other}` is not a restart policy: always, on-failure or no"),
-                        );
-                        None
-                    }
-                })
-            }
-            "oneshot" => s.oneshot = w.bool(&p, n),
-            "backoff" => {
-                for b in w.table(&p, n, BACKOFF_KEYS).unwrap_or_default() {
-                    let bp = join(&p, &b.key);
-                    let d = w.parsed::<Dur>(&bp, &b.node, "a duration");
-                    if b.key == "initial" {
-                        s.backoff_initial = d;
-                    } else {
-                        s.backoff_max = d;
-                    }
-                }
-            }
-            "health" => s.health = read_health(w, &p, n),
-            "stop_signal" => {
-                s.stop_signal = w.string(&p, n).and_then(|v| {
-                    let up = v.to_ascii_uppercase();
-                    let canon = if up.starts_with("SIG") {
-                        up
-                    } else {
-                        format!("SIG{up}")
-                    };
-                    if SIGNALS.contains(&canon.as_str()) {
-                        Some(canon)
-                    } else {
-                        w.err(
-                            n.pos,
-                            &p,
-                            format!(
-                                "`{v}` is not a stop signal; use one of {}",
-                                SIGNALS.join(", ")
-                            ),
-                        );
-                        None
-                    }
-                })
-            }
-            "stop_timeout" => s.stop_timeout = w.parsed(&p, n, "a duration"),
-            "syslog" => s.syslog = w.bool(&p, n),
-            "init" => s.init = w.bool(&p, n),
-            "rlimits" => {
-                let mut out = BTreeMap::new();
-                let before = w.errors.len();
-                for e in w.table(&p, n, RLIMITS).unwrap_or_default() {
-                    let ep = join(&p, &e.key);
-                    let limit = |w: &mut Walker<'_>, path: &str, node: &Node| match &node.value {
-                        Value::String(v) | Value::Text(v) if v == "unlimited" => Some(u64::MAX),
-                        _ => w
-                            .int(path, node, 0, i64::MAX)
-                            .and_then(|v| u64::try_from(v).ok()),
-                    };
-                    let pair = match &e.node.value {
-                        Value::Array(items) if items.len() == 2 => {
-                            match (
-                                limit(w, &format!("{ep}[0]"), &items[0]),
-                                limit(w, &format!("{ep}[1]"), &items[1]),
-                            ) {
-                                (Some(a), Some(b)) if a <= b => Some((a, b)),
-                                (Some(_), Some(_)) => {
-                                    w.err(e.node.pos, &ep, "the soft limit is above the hard one");
-                                    None
-                                }
-                                _ => None,
-                            }
-                        }
-                        Value::Array(_) => {
-                            w.err(e.node.pos, &ep, "expected one limit or [soft, hard]");
-                            None
-                        }
-                        _ => limit(w, &ep, &e.node).map(|v| (v, v)),
-                    };
-                    if let Some(pair) = pair {
-                        out.insert(e.key.clone(), pair);
-                    }
-                }
-                if w.errors.len() == before {
-                    s.rlimits = Some(out);
-                }
-            }
-            _ => {}
-        }
-    }
-    s
+    Service::read(w, path, node)
 }
 
 /// Reads the `services` table.
-pub fn read_services(w: &mut Walker<'_>, node: &Node) -> BTreeMap<String, Service> {
+pub fn read_services(w: &mut Walker<'_>, path: &str, node: &Node) -> BTreeMap<String, Service> {
     let mut out = BTreeMap::new();
-    for e in w.map("services", node).unwrap_or_default() {
-        let path = join("services", &e.key);
+    for e in w.map(path, node).unwrap_or_default() {
+        let p = join(path, &e.key);
         if let Err(msg) = service_name_ok(&e.key) {
-            w.err(e.key_pos, &path, msg);
+            w.err(e.key_pos, &p, msg);
             continue;
         }
-        out.insert(e.key.clone(), read_service(w, &path, &e.node));
+        out.insert(e.key.clone(), read_service(w, &p, &e.node));
     }
     out
 }
@@ -719,43 +734,7 @@ pub fn read_services(w: &mut Walker<'_>, node: &Node) -> BTreeMap<String, Servic
 impl Service {
     /// Layers `h` over `self`, key by key (`env` merges by variable).
     pub fn merge(&mut self, h: Service) {
-        fn set<T>(low: &mut Option<T>, high: Option<T>) {
-            if high.is_some() {
-                *low = high;
-            }
-        }
-        set(&mut self.enabled, h.enabled);
-        set(&mut self.image, h.image);
-        set(&mut self.command, h.command);
-        self.env.extend(h.env);
-        set(&mut self.working_dir, h.working_dir);
-        set(&mut self.user, h.user);
-        set(&mut self.hostname, h.hostname);
-        set(&mut self.host_namespaces, h.host_namespaces);
-        set(&mut self.privileged, h.privileged);
-        set(&mut self.capabilities, h.capabilities);
-        set(&mut self.cap_add, h.cap_add);
-        set(&mut self.cap_drop, h.cap_drop);
-        set(&mut self.read_only, h.read_only);
-        set(&mut self.persistent, h.persistent);
-        set(&mut self.volumes, h.volumes);
-        set(&mut self.devices, h.devices);
-        set(&mut self.resources.memory, h.resources.memory);
-        set(&mut self.resources.pids, h.resources.pids);
-        set(&mut self.resources.cpu, h.resources.cpu);
-        set(&mut self.resources.cpu_weight, h.resources.cpu_weight);
-        set(&mut self.resources.io_weight, h.resources.io_weight);
-        set(&mut self.depends_on, h.depends_on);
-        set(&mut self.restart, h.restart);
-        set(&mut self.oneshot, h.oneshot);
-        set(&mut self.backoff_initial, h.backoff_initial);
-        set(&mut self.backoff_max, h.backoff_max);
-        set(&mut self.health, h.health);
-        set(&mut self.stop_signal, h.stop_signal);
-        set(&mut self.stop_timeout, h.stop_timeout);
-        set(&mut self.syslog, h.syslog);
-        set(&mut self.init, h.init);
-        set(&mut self.rlimits, h.rlimits);
+        crate::layered::Layer::layer(self, h);
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -765,140 +744,6 @@ impl Service {
     pub fn depends(&self) -> impl Iterator<Item = &str> {
         self.depends_on.iter().flatten().map(|d| d.value.as_str())
     }
-}
-
-/// Checks the layered services: every enabled service names an image that exists and
-/// dependencies that are enabled services, and no dependencies go round in a cycle. Returns the
-/// errors and the services that must not start (their names); the rest start.
-pub fn check(
-    services: &BTreeMap<String, Service>,
-    images: &BTreeSet<String>,
-) -> (Vec<ConfigError>, BTreeSet<String>) {
-    let mut errors = Vec::new();
-    let mut blocked = BTreeSet::new();
-    let enabled: Vec<&str> = services
-        .iter()
-        .filter(|(_, s)| s.is_enabled())
-        .map(|(n, _)| n.as_str())
-        .collect();
-    for (name, s) in services.iter().filter(|(_, s)| s.is_enabled()) {
-        match &s.image {
-            None => {
-                errors.push(ConfigError::new(
-                    "services",
-                    Pos::default(),
-                    &join(&join("services", name), "image"),
-                    "no image given",
-                ));
-                blocked.insert(name.clone());
-            }
-            Some(img) if !images.contains(&img.value) => {
-                let list: Vec<&str> = images.iter().map(String::as_str).collect();
-                let hint = suggest(&img.value, &list)
-                    .map(|c| format!("; did you mean `{c}`?"))
-                    .unwrap_or_default();
-                errors.push(ConfigError::new(
-                    &img.source,
-                    img.pos,
-                    &join(&join("services", name), "image"),
-                    format!("there is no image `{}`{hint}", img.value),
-                ));
-                blocked.insert(name.clone());
-            }
-            Some(_) => {}
-        }
-        for d in s.depends_on.iter().flatten() {
-            if !enabled.contains(&d.value.as_str()) {
-                let why = if services.contains_key(&d.value) {
-                    format!("depends on `{}`, which is disabled", d.value)
-                } else {
-                    let hint = suggest(&d.value, &enabled)
-                        .map(|c| format!("; did you mean `{c}`?"))
-                        .unwrap_or_default();
-                    format!("depends on `{}`, which is not a service{hint}", d.value)
-                };
-                errors.push(ConfigError::new(
-                    &d.source,
-                    d.pos,
-                    &join(&join("services", name), "depends_on"),
-                    why,
-                ));
-                blocked.insert(name.clone());
-            }
-        }
-    }
-    // Cycles: a depth-first walk; every service on a cycle is blocked.
-    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 visiting, 2 done
-    fn visit<'a>(
-        n: &'a str,
-        services: &'a BTreeMap<String, Service>,
-        state: &mut BTreeMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-        cycles: &mut Vec<Vec<String>>,
-    ) {
-        match state.get(n) {
-            Some(2) => return,
-            Some(1) => {
-                if let Some(i) = stack.iter().position(|s| *s == n) {
-                    let mut c: Vec<String> = stack[i..].iter().map(|s| s.to_string()).collect();
-                    c.push(n.to_string());
-                    cycles.push(c);
-                }
-                return;
-            }
-            _ => {}
-        }
-        state.insert(n, 1);
-        stack.push(n);
-        if let Some(s) = services.get(n) {
-            for d in s.depends() {
-                if services.get(d).is_some_and(Service::is_enabled) {
-                    visit(d, services, state, stack, cycles);
-                }
-            }
-        }
-        stack.pop();
-        state.insert(n, 2);
-    }
-    let mut cycles = Vec::new();
-    for n in &enabled {
-        visit(n, services, &mut state, &mut Vec::new(), &mut cycles);
-    }
-    for c in cycles {
-        let first = &c[0];
-        let at = services
-            .get(first)
-            .and_then(|s| s.depends_on.as_ref())
-            .and_then(|d| d.first())
-            .map_or(("services".to_string(), Pos::default()), |d| {
-                (d.source.clone(), d.pos)
-            });
-        errors.push(ConfigError::new(
-            &at.0,
-            at.1,
-            &join(&join("services", first), "depends_on"),
-            format!(
-                "services depend on each other in a cycle: {}",
-                c.join(" -> ")
-            ),
-        ));
-        blocked.extend(c);
-    }
-    // A service that needs a blocked one cannot start either.
-    loop {
-        let more: Vec<String> = services
-            .iter()
-            .filter(|(n, s)| {
-                s.is_enabled() && !blocked.contains(*n) && s.depends().any(|d| blocked.contains(d))
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        if more.is_empty() {
-            break;
-        }
-        blocked.extend(more);
-    }
-    (errors, blocked)
 }
 
 #[cfg(test)]
@@ -932,6 +777,7 @@ resources = { memory = "64M", pids = 32, cpu = 0.5, cpu_weight = 50 }
 depends_on = ["syslog"]
 restart = "on-failure"
 backoff = { initial = "500ms", max = "30s" }
+hostname = "web1"
 health = { tcp = 8080, interval = "2s", retries = 2 }
 stop_signal = "INT"
 stop_timeout = "5s"
@@ -1017,64 +863,6 @@ init = false
         assert_eq!(n.image.as_ref().map(|i| i.value.as_str()), Some("ntp"));
         assert_eq!(n.restart, Some(Restart::No));
         assert_eq!(n.env.len(), 2);
-    }
-
-    #[test]
-    fn unknown_dependencies_images_and_cycles_block_only_those_concerned() {
-        let s = services(
-            r#"
-[services.a]
-image = "busybox"
-depends_on = ["b"]
-[services.b]
-image = "busybox"
-depends_on = ["a"]
-[services.c]
-image = "busybox"
-depends_on = ["syslogg"]
-[services.d]
-image = "nope"
-[services.e]
-image = "busybox"
-depends_on = ["c"]
-[services.ok]
-image = "busybox"
-[services.off]
-image = "busybox"
-enabled = false
-[services.f]
-image = "busybox"
-depends_on = ["off"]
-"#,
-        );
-        let images: BTreeSet<String> = ["busybox".to_string()].into();
-        let (errors, blocked) = check(&s, &images);
-        let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(
-            msgs.iter().any(|m| m.contains("services.c.depends_on")
-                && m.contains("`syslogg`, which is not a service")),
-            "{msgs:#?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("there is no image `nope`")),
-            "{msgs:#?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("cycle: a -> b -> a")),
-            "{msgs:#?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("`off`, which is disabled")),
-            "{msgs:#?}"
-        );
-        let blocked: Vec<&str> = blocked.iter().map(String::as_str).collect();
-        assert_eq!(blocked, ["a", "b", "c", "d", "e", "f"]);
-        assert!(
-            msgs.iter()
-                .find(|m| m.contains("syslogg"))
-                .is_some_and(|m| m.starts_with("t:10:")),
-            "{msgs:#?}"
-        );
     }
 
     #[test]

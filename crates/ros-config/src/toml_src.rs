@@ -1,51 +1,72 @@
-//! Reads TOML text into a [`Node`] tree. A line TOML cannot parse is reported and blanked, and the
-//! text is parsed again, so one typo costs one line, not the whole file; when the bad line is a
-//! table header, the whole table under it is blanked too, so its keys cannot land in the table
-//! above it.
+//! Reads TOML text into a [`Node`] tree. The parser recovers from errors, so one pass finds
+//! every bad line; each is reported and blanked (spaces, so offsets stay), and the text is
+//! parsed again: one typo costs one line, not the whole file, and a file with errors costs a
+//! few passes, not one per error. When a bad line is a table header, the whole table under it
+//! is blanked too, so its keys cannot land in the table above it. Nesting is limited by the
+//! parser (80 levels), so nothing here recurses deeper than that.
 
-use toml_edit::{Document, Item, Table, Value as TValue};
+use toml::de::{DeTable, DeValue};
 
-use crate::error::{ConfigError, Pos};
+use crate::error::{ConfigError, LineIndex, Pos};
 use crate::node::{Entry, Node, Value};
 
-/// At most this many syntax errors are salvaged; past that the text is dropped whole.
-const MAX_SYNTAX_ERRORS: usize = 20;
+/// Rounds of blanking after which the text is dropped whole (each round blanks every line the
+/// parser reported; a second round is rare, a third rarer still).
+const MAX_ROUNDS: usize = 8;
 
 /// Parses `text` (named `source` in errors). Returns the tree of everything that parsed, and an
 /// error for each line that did not.
 pub fn parse(source: &str, text: &str) -> (Node, Vec<ConfigError>) {
+    let index = LineIndex::new(text);
     let mut errors: Vec<ConfigError> = Vec::new();
-    let mut work = text.to_string();
-    for _ in 0..=MAX_SYNTAX_ERRORS {
-        match Document::parse(work.as_str()) {
-            Ok(doc) => {
-                errors.sort_by_key(|e| (e.line, e.column));
-                return (table_node(text, doc.as_table(), Pos::at(text, 0)), errors);
+    let mut work: Vec<u8> = text.as_bytes().to_vec();
+    for _ in 0..MAX_ROUNDS {
+        let Ok(current) = std::str::from_utf8(&work) else {
+            break;
+        };
+        let (table, parse_errors) = DeTable::parse_recoverable(current);
+        if parse_errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return (table_node(&index, table.get_ref(), Pos::START), errors);
+        }
+        let mut offsets: Vec<(usize, String)> = parse_errors
+            .iter()
+            .map(|e| (e.span().map_or(0, |s| s.start), e.message().to_string()))
+            .collect();
+        offsets.sort_by_key(|(o, _)| *o);
+        let mut last_line = None;
+        let mut blank = Vec::new();
+        for (offset, message) in offsets {
+            let (start, _) = line_bounds(current, offset);
+            if last_line == Some(start) {
+                continue;
             }
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                let pos = Pos::at(&work, offset);
-                let key = key_on_line(&work, offset);
-                let message = match bare_word_value(&work, offset) {
-                    Some(word) => {
-                        format!("invalid TOML: the value `{word}` needs quotes: {key} = \"{word}\"")
-                    }
-                    None => format!("invalid TOML: {}", first_line(e.message())),
-                };
-                errors.push(ConfigError::new(source, pos, &key, message));
-                if !blank_bad_lines(&mut work, offset) {
-                    break;
+            last_line = Some(start);
+            let key = key_on_line(current, offset);
+            let message = match bare_word_value(current, offset) {
+                Some(word) => {
+                    format!("invalid TOML: the value `{word}` needs quotes: {key} = \"{word}\"")
                 }
-            }
+                None => format!("invalid TOML: {}", first_line(&message)),
+            };
+            errors.push(ConfigError::new(source, index.pos(offset), &key, message));
+            blank.push(offset);
+        }
+        let mut blanked = false;
+        for offset in blank {
+            blanked |= blank_bad_lines(&mut work, offset);
+        }
+        if !blanked {
+            break;
         }
     }
     errors.push(ConfigError::new(
         source,
-        Pos::at(text, 0),
+        Pos::START,
         "",
         "too many TOML errors; the whole text is ignored",
     ));
-    (Node::table(Pos::at(text, 0)), errors)
+    (Node::table(Pos::START), errors)
 }
 
 fn first_line(message: &str) -> &str {
@@ -105,106 +126,121 @@ fn line_bounds(text: &str, offset: usize) -> (usize, usize) {
     (start, end)
 }
 
-/// Blanks (with spaces, so positions stay) the line at `offset`, and, when it is a table header,
-/// every line up to the next header. Returns false when nothing was left to blank.
-fn blank_bad_lines(text: &mut String, offset: usize) -> bool {
-    let (start, mut end) = line_bounds(text, offset);
-    let line = text.get(start..end).unwrap_or("");
-    if line.trim().is_empty() {
-        // The error is at an empty line (e.g. an unterminated string ran to the end): blank the
-        // line before it instead.
-        if start == 0 {
+/// Blanks (with spaces, so offsets stay) the line at `offset`, and, when it is a table header,
+/// every line up to the next header; an error at the end of the text (a string or array never
+/// closed) blanks from the line that opened it. Returns false when nothing was left to blank.
+fn blank_bad_lines(text: &mut [u8], offset: usize) -> bool {
+    let Ok(s) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let (mut start, mut end) = line_bounds(s, offset);
+    if s.get(start..end).is_none_or(|l| l.trim().is_empty()) {
+        if s[..start].trim().is_empty() {
             return false;
         }
-        return blank_bad_lines(text, start - 1);
-    }
-    if line.trim_start().starts_with('[') {
+        // At the end (or an empty line): an unterminated multi-line string swallowed the text
+        // from where it opened; else blank the line before.
+        match unclosed_multiline(s) {
+            Some(open) => {
+                start = line_bounds(s, open).0;
+                end = s.len();
+            }
+            None => return blank_bad_lines(text, start.saturating_sub(1)),
+        }
+    } else if s[start..end].trim_start().starts_with('[') {
         let mut next = end;
-        while next < text.len() {
-            let (s, e) = line_bounds(text, next + 1);
-            if text
-                .get(s..e)
-                .is_some_and(|l| l.trim_start().starts_with('['))
-            {
+        while next < s.len() {
+            let (ls, le) = line_bounds(s, next + 1);
+            if s[ls..le].trim_start().starts_with('[') {
                 break;
             }
-            end = e;
-            next = e;
+            end = le;
+            next = le;
         }
     }
-    let blank: String = text
-        .get(start..end)
-        .unwrap_or("")
-        .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
-        .collect();
-    text.replace_range(start..end, &blank);
-    true
-}
-
-fn pos_of(text: &str, span: Option<std::ops::Range<usize>>, fallback: Pos) -> Pos {
-    span.map_or(fallback, |s| Pos::at(text, s.start))
-}
-
-fn table_node(text: &str, table: &Table, pos: Pos) -> Node {
-    let mut entries = Vec::new();
-    for (key, item) in table.iter() {
-        let key_pos = table.key(key).map_or(pos, |k| pos_of(text, k.span(), pos));
-        let node = item_node(text, item, key_pos);
-        entries.push(Entry {
-            key: key.to_string(),
-            key_pos,
-            node,
-        });
+    let mut changed = false;
+    for b in &mut text[start..end] {
+        if *b != b'\n' && *b != b' ' {
+            *b = b' ';
+            changed = true;
+        }
     }
+    changed
+}
+
+/// Where a multi-line string that is never closed opens (`"""` or `\'\'\'`), if one is.
+fn unclosed_multiline(s: &str) -> Option<usize> {
+    let mut open: Option<(usize, &str)> = None;
+    let mut i = 0;
+    while i < s.len() {
+        let rest = &s[i..];
+        match open {
+            Some((_, delim)) if rest.starts_with(delim) => {
+                open = None;
+                i += 3;
+            }
+            None if rest.starts_with("\"\"\"") || rest.starts_with("\'\'\'") => {
+                open = Some((i, &rest[..3]));
+                i += 3;
+            }
+            _ => i += rest.chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    open.map(|(at, _)| at)
+}
+
+fn pos_of(index: &LineIndex<'_>, span: std::ops::Range<usize>) -> Pos {
+    index.pos(span.start)
+}
+
+fn table_node(index: &LineIndex<'_>, table: &DeTable<'_>, pos: Pos) -> Node {
+    let entries = table
+        .iter()
+        .map(|(k, v)| {
+            let key_pos = pos_of(index, k.span());
+            Entry {
+                key: k.get_ref().to_string(),
+                key_pos,
+                node: value_node(index, v.get_ref(), pos_of(index, v.span())),
+            }
+        })
+        .collect();
     Node {
         pos,
         value: Value::Table(entries),
     }
 }
 
-fn item_node(text: &str, item: &Item, key_pos: Pos) -> Node {
-    match item {
-        Item::Value(v) => value_node(text, v, key_pos),
-        Item::Table(t) => table_node(text, t, pos_of(text, t.span(), key_pos)),
-        Item::ArrayOfTables(a) => Node {
-            pos: pos_of(text, a.span(), key_pos),
-            value: Value::Array(
-                a.iter()
-                    .map(|t| table_node(text, t, pos_of(text, t.span(), key_pos)))
-                    .collect(),
-            ),
-        },
-        Item::None => Node {
-            pos: key_pos,
-            value: Value::Table(Vec::new()),
-        },
-    }
-}
-
-fn value_node(text: &str, v: &TValue, fallback: Pos) -> Node {
-    let pos = pos_of(text, v.span(), fallback);
+fn value_node(index: &LineIndex<'_>, v: &DeValue<'_>, pos: Pos) -> Node {
     let value = match v {
-        TValue::String(s) => Value::String(s.value().clone()),
-        TValue::Integer(i) => Value::Integer(*i.value()),
-        TValue::Float(f) => Value::Float(*f.value()),
-        TValue::Boolean(b) => Value::Bool(*b.value()),
-        TValue::Datetime(d) => Value::Datetime(d.value().to_string()),
-        TValue::Array(a) => Value::Array(a.iter().map(|v| value_node(text, v, pos)).collect()),
-        TValue::InlineTable(t) => {
-            let mut entries = Vec::new();
-            for (key, v) in t.iter() {
-                let key_pos = t.key(key).map_or(pos, |k| pos_of(text, k.span(), pos));
-                entries.push(Entry {
-                    key: key.to_string(),
-                    key_pos,
-                    node: value_node(text, v, key_pos),
-                });
-            }
-            Value::Table(entries)
-        }
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Value::Integer(n),
+            // Out of i64: kept as text, which a number key reports as out of range.
+            Err(_) => Value::Text(i.as_str().to_string()),
+        },
+        DeValue::Float(f) => Value::Float(float(f.as_str())),
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::Datetime(d.to_string()),
+        DeValue::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| value_node(index, x.get_ref(), pos_of(index, x.span())))
+                .collect(),
+        ),
+        DeValue::Table(t) => return table_node(index, t, pos),
     };
     Node { pos, value }
+}
+
+/// A TOML float's text (`1e3`, `inf`, `-nan`, `1_000.5`).
+fn float(s: &str) -> f64 {
+    let t: String = s.chars().filter(|c| *c != '_').collect();
+    match t.trim_start_matches('+') {
+        "inf" => f64::INFINITY,
+        "-inf" => f64::NEG_INFINITY,
+        "nan" | "-nan" => f64::NAN,
+        other => other.parse().unwrap_or(f64::NAN),
+    }
 }
 
 #[cfg(test)]

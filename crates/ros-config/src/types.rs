@@ -123,10 +123,69 @@ impl FromStr for Dur {
     }
 }
 
+impl Dur {
+    /// Whole milliseconds (saturating: a `Dur` is at most a day by the ranges of its keys).
+    pub fn millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Written with the largest unit that is exact: `1h`, `90s`, `1500ms`.
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.millis();
+        match ms {
+            0 => f.write_str("0s"),
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{}ms", self.0.as_millis()))
     }
+}
+
+/// The range a duration key accepts (documented with each key in `docs/user-data.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurRange {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl DurRange {
+    pub const fn ms(min: u64, max: u64) -> DurRange {
+        DurRange {
+            min: Duration::from_millis(min),
+            max: Duration::from_millis(max),
+        }
+    }
+}
+
+/// Every duration key's range, in one place.
+pub mod ranges {
+    use super::DurRange;
+
+    const S: u64 = 1000;
+    const M: u64 = 60 * S;
+    const H: u64 = 60 * M;
+
+    /// `network.online_timeout`, `ros.datasource.timeout`.
+    pub const ONLINE_TIMEOUT: DurRange = DurRange::ms(0, 10 * M);
+    /// `services.*.backoff.initial`.
+    pub const BACKOFF_INITIAL: DurRange = DurRange::ms(10, H);
+    /// `services.*.backoff.max`.
+    pub const BACKOFF_MAX: DurRange = DurRange::ms(10, 24 * H);
+    /// `services.*.stop_timeout`.
+    pub const STOP_TIMEOUT: DurRange = DurRange::ms(0, H);
+    /// `services.*.health.interval`.
+    pub const HEALTH_INTERVAL: DurRange = DurRange::ms(100, 24 * H);
+    /// `services.*.health.timeout`.
+    pub const HEALTH_TIMEOUT: DurRange = DurRange::ms(100, H);
 }
 
 /// A kernel module name. `-` and `_` are the same to the kernel; the name is kept with `_`.
@@ -227,9 +286,74 @@ impl fmt::Display for IfName {
     }
 }
 
+/// A server written as `host`, `host:port`, an IPv6 address alone (`2001:db8::1`) or
+/// `[2001:db8::1]:port`: its host (without brackets) and port (`default_port` when none).
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = |why: &str| {
+        format!(
+            "`{s}` is not a server like `pool.ntp.org`, `10.0.2.2:123` or `[2001:db8::1]:123`: {why}"
+        )
+    };
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("bad port"))
+    };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(|| bad("no `]`"))?;
+        let port = match after {
+            "" => default_port,
+            p => port(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?)?,
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address in brackets"));
+        }
+        (h.to_string(), port)
+    } else if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        (s.to_string(), default_port)
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h.to_string(), port(p)?),
+            None => (s.to_string(), default_port),
+        }
+    };
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        return Err(bad("not a host name or address"));
+    }
+    Ok((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port() {
+        let hp = |s| parse_host_port(s, 123);
+        assert_eq!(hp("pool.ntp.org"), Ok(("pool.ntp.org".into(), 123)));
+        assert_eq!(hp("10.0.2.2:4123"), Ok(("10.0.2.2".into(), 4123)));
+        assert_eq!(hp("2001:db8::1"), Ok(("2001:db8::1".into(), 123)));
+        assert_eq!(hp("[2001:db8::1]:9"), Ok(("2001:db8::1".into(), 9)));
+        assert_eq!(hp("[fe80::1]"), Ok(("fe80::1".into(), 123)));
+        for bad in [
+            "",
+            "a b",
+            "x:0",
+            "x:99999",
+            "[1.2.3.4]:5",
+            "[::1",
+            "h:1:2",
+            "a\nb",
+        ] {
+            assert!(hp(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn hostnames() {
@@ -265,6 +389,17 @@ mod tests {
         assert!("10 days".parse::<Dur>().is_err());
         assert!("s".parse::<Dur>().is_err());
         assert!("99999999999999999999h".parse::<Dur>().is_err());
+        for (text, shown) in [
+            ("90", "90s"),
+            ("1500ms", "1500ms"),
+            ("120s", "2m"),
+            ("60m", "1h"),
+        ] {
+            assert_eq!(
+                text.parse::<Dur>().map(|d| d.to_string()).as_deref(),
+                Ok(shown)
+            );
+        }
     }
 
     #[test]

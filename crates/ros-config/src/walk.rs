@@ -7,13 +7,22 @@ use std::str::FromStr;
 
 use crate::error::{ConfigError, Pos};
 use crate::node::{Entry, Node, Value};
+use crate::types::{Dur, DurRange};
+
+const NUL_MESSAGE: &str = "a NUL character is not allowed here";
 
 /// Collects the errors of one source while its tree is walked.
 #[derive(Debug)]
 pub struct Walker<'a> {
     source: &'a str,
     pub errors: Vec<ConfigError>,
+    /// How many more "did you mean" suggestions to compute: each costs a string distance per
+    /// allowed key, so a file of 50,000 unknown keys gets them for its first ones only.
+    suggestions_left: usize,
 }
+
+/// Suggestions computed per source at most.
+const MAX_SUGGESTIONS: usize = 100;
 
 /// `path.key`, quoting a key that holds a dot or is empty, as TOML would write it.
 pub fn join(path: &str, key: &str) -> String {
@@ -54,6 +63,7 @@ impl<'a> Walker<'a> {
         Walker {
             source,
             errors: Vec::new(),
+            suggestions_left: MAX_SUGGESTIONS,
         }
     }
 
@@ -88,7 +98,9 @@ impl<'a> Walker<'a> {
         };
         let mut known = Vec::new();
         for e in entries {
-            if allowed.contains(&e.key.as_str()) {
+            if e.key.contains('\0') {
+                self.err(e.key_pos, &join(path, &e.key), NUL_MESSAGE);
+            } else if allowed.contains(&e.key.as_str()) {
                 known.push(e);
             } else {
                 self.unknown_key(path, e, allowed);
@@ -97,10 +109,21 @@ impl<'a> Walker<'a> {
         Some(known)
     }
 
-    /// The entries of a table whose keys are free-form (interface names, sysctl keys).
-    pub fn map<'n>(&mut self, path: &str, node: &'n Node) -> Option<&'n [Entry]> {
+    /// The entries of a table whose keys are free-form (interface names, sysctl keys); a key
+    /// holding a NUL character is reported and left out.
+    pub fn map<'n>(&mut self, path: &str, node: &'n Node) -> Option<Vec<&'n Entry>> {
         match &node.value {
-            Value::Table(entries) => Some(entries),
+            Value::Table(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for e in entries {
+                    if e.key.contains('\0') {
+                        self.err(e.key_pos, &join(path, &e.key), NUL_MESSAGE);
+                    } else {
+                        out.push(e);
+                    }
+                }
+                Some(out)
+            }
             _ => {
                 self.type_err(path, node, "a table");
                 None
@@ -110,7 +133,13 @@ impl<'a> Walker<'a> {
 
     pub fn unknown_key(&mut self, path: &str, e: &Entry, allowed: &[&str]) {
         let key = join(path, &e.key);
-        let message = match suggest(&e.key, allowed) {
+        let suggestion = if self.suggestions_left > 0 {
+            self.suggestions_left -= 1;
+            suggest(&e.key, allowed)
+        } else {
+            None
+        };
+        let message = match suggestion {
             Some(s) => format!("unknown key `{}`; did you mean `{s}`?", e.key),
             None if allowed.is_empty() => format!("unknown key `{}`", e.key),
             None => format!(
@@ -122,11 +151,20 @@ impl<'a> Walker<'a> {
         self.err(e.key_pos, &key, message);
     }
 
+    /// Text, without NUL characters (no program on the host can take them).
     pub fn string(&mut self, path: &str, node: &Node) -> Option<String> {
+        self.text(path, node, "a string").map(str::to_string)
+    }
+
+    fn text<'n>(&mut self, path: &str, node: &'n Node, what: &str) -> Option<&'n str> {
         match &node.value {
-            Value::String(s) | Value::Text(s) => Some(s.clone()),
+            Value::String(s) | Value::Text(s) if s.contains('\0') => {
+                self.err(node.pos, path, NUL_MESSAGE);
+                None
+            }
+            Value::String(s) | Value::Text(s) => Some(s),
             _ => {
-                self.type_err(path, node, "a string");
+                self.type_err(path, node, what);
                 None
             }
         }
@@ -188,13 +226,7 @@ impl<'a> Walker<'a> {
         T: FromStr,
         T::Err: Display,
     {
-        let s = match &node.value {
-            Value::String(s) | Value::Text(s) => s,
-            _ => {
-                self.type_err(path, node, what);
-                return None;
-            }
-        };
+        let s = self.text(path, node, what)?;
         match s.parse::<T>() {
             Ok(v) => Some(v),
             Err(e) => {
@@ -204,9 +236,49 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// A duration (`"500ms"`, `"10s"`, `"2m"`, or a number of seconds) in `min..=max`.
+    pub fn duration(&mut self, path: &str, node: &Node, range: DurRange) -> Option<Dur> {
+        let d = match &node.value {
+            Value::Integer(n) => match u64::try_from(*n) {
+                Ok(s) => s
+                    .checked_mul(1000)
+                    .map(|ms| Dur(std::time::Duration::from_millis(ms)))
+                    .ok_or_else(|| format!("{n} s is too long")),
+                Err(_) => Err(format!("expected a duration, found {n}")),
+            },
+            _ => self
+                .text(path, node, "a duration string like \"10s\"")?
+                .parse::<Dur>(),
+        };
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(node.pos, path, e);
+                return None;
+            }
+        };
+        if d.0 < range.min || d.0 > range.max {
+            self.err(
+                node.pos,
+                path,
+                format!(
+                    "{d} is out of range; expected {} to {}",
+                    Dur(range.min),
+                    Dur(range.max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     /// A string, integer or boolean as text (sysctl values).
     pub fn scalar_text(&mut self, path: &str, node: &Node) -> Option<String> {
         match &node.value {
+            Value::String(s) | Value::Text(s) if s.contains('\0') => {
+                self.err(node.pos, path, NUL_MESSAGE);
+                None
+            }
             Value::String(s) | Value::Text(s) => Some(s.clone()),
             Value::Integer(n) => Some(n.to_string()),
             Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
@@ -226,16 +298,20 @@ impl<'a> Walker<'a> {
         node: &Node,
         mut item: impl FnMut(&mut Self, &str, &Node) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let items: Vec<Node> = match &node.value {
-            Value::Array(items) => items.clone(),
-            Value::Text(t) => t
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|s| Node {
-                    pos: node.pos,
-                    value: Value::Text(s.to_string()),
-                })
-                .collect(),
+        let split: Vec<Node>;
+        let items: &[Node] = match &node.value {
+            Value::Array(items) => items,
+            Value::Text(t) => {
+                split = t
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Node {
+                        pos: node.pos,
+                        value: Value::Text(s.to_string()),
+                    })
+                    .collect();
+                &split
+            }
             _ => {
                 self.type_err(path, node, "an array");
                 return None;

@@ -28,7 +28,7 @@ fn the_documented_example_reads_without_errors() {
         .get(&"lan".parse().expect("name"))
         .expect("lan");
     assert_eq!(
-        lan.mac.map(|m| m.to_string()).as_deref(),
+        lan.mac.as_ref().map(|m| m.to_string()).as_deref(),
         Some("52:54:00:12:34:57")
     );
     assert!(!lan.dhcp4_enabled());

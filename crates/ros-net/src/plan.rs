@@ -52,12 +52,12 @@ pub struct Plan {
 pub fn plan(cfg: &Network, links: &[LinkInfo]) -> Plan {
     let mut out = Plan::default();
     for (label, iface) in &cfg.interfaces {
-        let found = match iface.mac {
+        let found = match iface.mac.as_ref().map(|m| m.value) {
             Some(mac) => links.iter().find(|l| l.mac == Some(mac)),
             None => links.iter().find(|l| l.name == label.as_str()),
         };
         let Some(link) = found else {
-            let reason = match iface.mac {
+            let reason = match iface.mac.as_ref().map(|m| m.value) {
                 Some(mac) => format!("no interface has MAC {mac}"),
                 None => format!("no interface is named {label}"),
             };

@@ -150,6 +150,16 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// Removes the group if it is empty: `Ok(true)` removed (or gone), `Ok(false)` still busy.
+    pub fn try_remove(&self) -> Result<bool> {
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(e) => Err(err(&self.path, "removing")(e)),
+        }
+    }
+
     /// Kills what is left in the group and removes it, waiting up to `timeout` for the kernel
     /// to let go of exiting processes.
     pub fn remove(&self, timeout: Duration) -> Result<()> {

@@ -106,22 +106,76 @@ pub struct Resources {
     pub unified: Vec<(String, String)>,
 }
 
+/// A character or a block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Char,
+    Block,
+}
+
+/// What may be done with a device: read it, write it, make its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+    pub mknod: bool,
+}
+
+impl Access {
+    pub const ALL: Access = Access {
+        read: true,
+        write: true,
+        mknod: true,
+    };
+    pub const READ_WRITE: Access = Access {
+        read: true,
+        write: true,
+        mknod: false,
+    };
+
+    /// From cgroup v1's notation (`rwm`, any subset).
+    pub fn parse(s: &str) -> Option<Access> {
+        s.chars()
+            .all(|c| matches!(c, 'r' | 'w' | 'm'))
+            .then(|| Access {
+                read: s.contains('r'),
+                write: s.contains('w'),
+                mknod: s.contains('m'),
+            })
+    }
+}
+
 /// A device node made in the container's `/dev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub path: String,
+    pub kind: DeviceKind,
     pub major: u64,
     pub minor: u64,
     pub mode: u32,
+    /// What the container may do with it (the device filter allows this).
+    pub access: Access,
+}
+
+/// A rule of the device filter: which devices (`None`: any), allowed or denied, for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub kind: Option<DeviceKind>,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    pub access: Access,
 }
 
 /// The devices every container gets, as OCI runtimes give them.
 pub fn default_devices() -> Vec<Device> {
     let d = |path: &str, major, minor| Device {
         path: path.into(),
+        kind: DeviceKind::Char,
         major,
         minor,
         mode: 0o666,
+        access: Access::ALL,
     };
     vec![
         d("/dev/null", 1, 3),
@@ -131,6 +185,28 @@ pub fn default_devices() -> Vec<Device> {
         d("/dev/urandom", 1, 9),
         d("/dev/tty", 5, 0),
     ]
+}
+
+/// The device filter of a container that is not privileged: nothing but `devices` (its nodes),
+/// its console and its terminals (`/dev/console`, `/dev/ptmx`, `/dev/pts/*`, read and write
+/// only), as crun and runc allow.
+pub fn default_device_rules(devices: &[Device]) -> Vec<DeviceRule> {
+    let char_rw = |major, minor| DeviceRule {
+        allow: true,
+        kind: Some(DeviceKind::Char),
+        major: Some(major),
+        minor,
+        access: Access::READ_WRITE,
+    };
+    let mut rules = vec![char_rw(5, Some(1)), char_rw(5, Some(2)), char_rw(136, None)];
+    rules.extend(devices.iter().map(|d| DeviceRule {
+        allow: true,
+        kind: Some(d.kind),
+        major: u32::try_from(d.major).ok(),
+        minor: u32::try_from(d.minor).ok(),
+        access: d.access,
+    }));
+    rules
 }
 
 /// Paths hidden from containers, as runc and Docker hide them.
@@ -157,13 +233,15 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The capabilities of a container that asks for none in particular (Docker's default set).
+/// The capabilities of a container that asks for none in particular: Docker's default set
+/// without CAP_MKNOD (crun's default leaves it out too): with it, a root container could make
+/// the node of any device; the device filter would still refuse opening it, but one barrier
+/// should not be all there is.
 pub const DEFAULT_CAPABILITIES: &[caps::Capability] = &[
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_FSETID,
     caps::Capability::CAP_FOWNER,
-    caps::Capability::CAP_MKNOD,
     caps::Capability::CAP_NET_RAW,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_SETUID,
@@ -208,6 +286,12 @@ pub struct Config {
     /// In order; destinations are absolute paths in the container.
     pub mounts: Vec<MountSpec>,
     pub devices: Vec<Device>,
+    /// The device filter: `None` lets the container use every device (privileged); else the
+    /// rules (a container is denied what no rule allows).
+    pub device_rules: Option<Vec<DeviceRule>>,
+    /// Mount the root (and the writable layer's tmpfs) `nodev`, so that a device node in it
+    /// cannot be opened whatever the filter says.
+    pub nodev_root: bool,
     /// More links in the container's `/dev` (target, link), e.g. `/dev/log`.
     pub dev_symlinks: Vec<(String, String)>,
     pub process: Process,
@@ -505,15 +589,63 @@ impl Config {
         };
         let mut devices = default_devices();
         for d in linux.devices().iter().flatten() {
+            use oci_spec::runtime::LinuxDeviceType as T;
             let path = d.path().display().to_string();
+            let kind = match d.typ() {
+                T::C | T::U => DeviceKind::Char,
+                T::B => DeviceKind::Block,
+                other => {
+                    return Err(Error::Config(format!(
+                        "device {path}: type {other:?} is not supported (only c, u and b)"
+                    )));
+                }
+            };
             devices.retain(|x| x.path != path);
             devices.push(Device {
                 path,
+                kind,
                 major: u64::try_from(d.major()).unwrap_or(0),
                 minor: u64::try_from(d.minor()).unwrap_or(0),
                 mode: d.file_mode().unwrap_or(0o666),
+                access: Access::ALL,
             });
         }
+        // The bundle's rules in order (the last that matches decides), then its devices;
+        // without rules, crun's and runc's default: the standard devices and terminals only.
+        let bundle_rules: Vec<DeviceRule> = res
+            .devices()
+            .iter()
+            .flatten()
+            .map(|r| {
+                use oci_spec::runtime::LinuxDeviceType as T;
+                let access = r.access().as_deref().unwrap_or("rwm");
+                Ok(DeviceRule {
+                    allow: r.allow(),
+                    kind: match r.typ() {
+                        None | Some(T::A) => None,
+                        Some(T::C | T::U) => Some(DeviceKind::Char),
+                        Some(T::B) => Some(DeviceKind::Block),
+                        Some(other) => {
+                            return Err(Error::Config(format!(
+                                "device rule type {other:?} is not supported"
+                            )));
+                        }
+                    },
+                    major: r.major().and_then(|m| u32::try_from(m).ok()),
+                    minor: r.minor().and_then(|m| u32::try_from(m).ok()),
+                    access: Access::parse(access).ok_or_else(|| {
+                        Error::Config(format!("device rule access `{access}`: use r, w and m"))
+                    })?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let device_rules = if bundle_rules.is_empty() {
+            default_device_rules(&devices)
+        } else {
+            let mut rules = bundle_rules;
+            rules.extend(default_device_rules(&devices));
+            rules
+        };
         let seccomp = match linux.seccomp() {
             Some(s) => SeccompConfig::Profile(Profile::from_oci(s)?),
             None => SeccompConfig::None,
@@ -546,6 +678,8 @@ impl Config {
             hostname: spec.hostname().clone(),
             mounts,
             devices,
+            device_rules: Some(device_rules),
+            nodev_root: false,
             dev_symlinks: Vec::new(),
             process: Process {
                 args: process.args().clone().unwrap_or_default(),

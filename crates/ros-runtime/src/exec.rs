@@ -2,7 +2,7 @@
 //! process joins the container's cgroup and namespaces, then forks once more, so that the PID
 //! namespace applies, and the command runs with the container's own ids, capabilities,
 //! no_new_privs and seccomp filter. The helper ends with the command's status, so the caller's
-//! reaper sees the result. Callers must be single-threaded at the call, as for [`crate::spawn`].
+//! reaper sees the result. Forks hold [`crate::forksafe::fork_guard`], as [`crate::spawn`] does.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -40,6 +40,16 @@ fn namespaces(pid: i32) -> Result<Vec<(OwnedFd, CloneFlags)>> {
     Ok(out)
 }
 
+/// `fork` with no other thread inside the allocator (see [`crate::forksafe`]).
+fn guarded_fork() -> nix::Result<ForkResult> {
+    let guard = crate::forksafe::fork_guard();
+    // SAFETY: no other thread holds the allocator (the guard) and the child only makes system
+    // calls, forks again or execs, and ends with _exit.
+    let r = unsafe { fork() };
+    drop(guard);
+    r
+}
+
 fn exit_code(s: nix::Result<WaitStatus>) -> i32 {
     match s {
         Ok(WaitStatus::Exited(_, c)) => c,
@@ -66,9 +76,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
     run.process.args = args;
     // The command is not the container's PID 1: no shim of its own.
     run.init = false;
-    // SAFETY: the caller is single-threaded; the child makes system calls and then execs or
-    // exits with _exit.
-    match unsafe { fork() } {
+    match guarded_fork() {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(ForkResult::Child) => {
             let code = (|| -> std::result::Result<i32, String> {
@@ -106,8 +114,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
 pub fn spawn_tcp_probe(pid: i32, port: u16, timeout: Duration) -> Result<i32> {
     let net = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| Error::Spawn(format!("opening /proc/{pid}/ns/net: {e}")))?;
-    // SAFETY: as in spawn_in.
-    match unsafe { fork() } {
+    match guarded_fork() {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(ForkResult::Child) => {
             let ok = nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).is_ok()

@@ -7,8 +7,10 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod exec;
+pub mod forksafe;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::config::{Config, NsMode, Rootfs};
+use crate::config::{Config, DeviceKind, NsMode, Rootfs};
 
 /// Host folders a container's setup uses.
 #[derive(Debug, Clone)]
@@ -45,6 +45,7 @@ pub enum Step {
     },
     Mknod {
         path: String,
+        kind: DeviceKind,
         major: u64,
         minor: u64,
         mode: u32,
@@ -87,6 +88,11 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
         target: "/".into(),
         flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
     }];
+    let nodev = if cfg.nodev_root {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
     let root = match &cfg.rootfs {
         Rootfs::Dir(p) => {
             let p = p.display().to_string();
@@ -98,6 +104,12 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
                 flags: MsFlags::MS_BIND | MsFlags::MS_REC,
                 data: String::new(),
             });
+            if cfg.nodev_root {
+                steps.push(Step::RemountBind {
+                    target: p.clone(),
+                    flags: MsFlags::MS_NODEV,
+                });
+            }
             p
         }
         Rootfs::Overlay { lower, upper } => {
@@ -110,7 +122,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
                         source: "tmpfs".into(),
                         target: s,
                         fstype: "tmpfs".into(),
-                        flags: MsFlags::empty(),
+                        flags: nodev,
                         data: "mode=0755".into(),
                     });
                     (paths.scratch.join("upper"), paths.scratch.join("work"))
@@ -127,7 +139,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
                 source: "overlay".into(),
                 target: root.clone(),
                 fstype: "overlay".into(),
-                flags: MsFlags::empty(),
+                flags: nodev,
                 data: format!(
                     "lowerdir={},upperdir={},workdir={}",
                     lower.join(":"),
@@ -223,6 +235,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
         for d in &cfg.devices {
             steps.push(Step::Mknod {
                 path: join(&root, &d.path),
+                kind: d.kind,
                 major: d.major,
                 minor: d.minor,
                 mode: d.mode,
@@ -376,18 +389,23 @@ pub fn apply(steps: &[Step]) -> Result<(), String> {
             }
             Step::Mknod {
                 path,
+                kind,
                 major,
                 minor,
                 mode,
             } => {
                 let dev = nix::sys::stat::makedev(*major, *minor);
                 let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
-                match nix::sys::stat::mknod(
-                    path.as_str(),
-                    nix::sys::stat::SFlag::S_IFCHR,
-                    perm,
-                    dev,
-                ) {
+                let kind = match kind {
+                    DeviceKind::Char => nix::sys::stat::SFlag::S_IFCHR,
+                    DeviceKind::Block => nix::sys::stat::SFlag::S_IFBLK,
+                };
+                // A node under a folder of its own (`/dev/net/tun`, `/dev/disk/x`).
+                if let Some(dir) = Path::new(path).parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                }
+                match nix::sys::stat::mknod(path.as_str(), kind, perm, dev) {
                     Ok(()) => {
                         // mknod's mode is cut by the umask.
                         let _ = nix::sys::stat::fchmodat(
@@ -512,6 +530,8 @@ mod tests {
             hostname: Some("c1".into()),
             mounts: default_mounts(),
             devices: default_devices(),
+            device_rules: None,
+            nodev_root: true,
             dev_symlinks: vec![("/run/syslog/log".into(), "/dev/log".into())],
             process: Process {
                 args: vec!["/bin/true".into()],

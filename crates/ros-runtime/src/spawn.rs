@@ -3,8 +3,9 @@
 //! child reports a failure over a pipe that its exec closes, so the parent knows whether the
 //! program started, and why not.
 //!
-//! The child runs Rust code between clone and exec: callers must be single-threaded at the call
-//! (the init is; the CLI is), as with `fork`.
+//! The child runs Rust code between clone and exec, so the clone holds
+//! [`crate::forksafe::fork_guard`]: a caller with threads must use [`crate::forksafe::ForkSafe`]
+//! as its allocator, and its other threads must not hold locks the child needs.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -76,6 +77,21 @@ impl Container {
         let _ = std::fs::remove_dir_all(&self.run_dir);
         r
     }
+
+    /// Like [`Container::destroy`], without waiting: the working folder is removed and the
+    /// group too when it is empty; otherwise what is left in it is killed and the group is
+    /// returned, for the caller to remove later ([`Cgroup::try_remove`]).
+    pub fn release(self) -> Option<Cgroup> {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        match self.cgroup.try_remove() {
+            Ok(true) => None,
+            Ok(false) => {
+                let _ = std::fs::write(self.cgroup.path.join("cgroup.kill"), "1");
+                Some(self.cgroup)
+            }
+            Err(_) => Some(self.cgroup),
+        }
+    }
 }
 
 fn ns_flags(cfg: &Config) -> u64 {
@@ -121,6 +137,14 @@ fn clone3(flags: u64, cgroup_fd: Option<i32>) -> std::io::Result<i32> {
     } else {
         Ok(i32::try_from(r).unwrap_or(-1))
     }
+}
+
+/// `clone3` with no other thread inside the allocator (see [`crate::forksafe`]).
+fn clone3_guarded(flags: u64, cgroup_fd: Option<i32>) -> std::io::Result<i32> {
+    let guard = crate::forksafe::fork_guard();
+    let r = clone3(flags, cgroup_fd);
+    drop(guard);
+    r
 }
 
 /// Starts the container described by `cfg`.
@@ -183,6 +207,15 @@ fn start(
 ) -> Result<i32> {
     c.cgroup.apply(&cfg.resources)?;
     let cg_fd = c.cgroup.open()?;
+    // The device filter is in place before the container's first instruction, and a filter
+    // that cannot be attached stops the start: a device rule is never dropped.
+    if let Some(rules) = &cfg.device_rules {
+        crate::devices::attach(&cg_fd, rules).map_err(|e| Error::Cgroup {
+            path: c.cgroup.path.display().to_string(),
+            what: "attaching the device filter".into(),
+            source: e,
+        })?;
+    }
     let spawn_err = |what: &str| {
         let what = what.to_string();
         move |e: nix::errno::Errno| Error::Spawn(format!("{what}: {e}"))
@@ -210,7 +243,7 @@ fn start(
     .collect::<Result<_>>()?;
 
     let flags = ns_flags(cfg);
-    let (pid, in_cgroup) = match clone3(flags, Some(cg_fd.as_raw_fd())) {
+    let (pid, in_cgroup) = match clone3_guarded(flags, Some(cg_fd.as_raw_fd())) {
         Ok(pid) => (pid, true),
         // A kernel or a hierarchy that cannot clone into the group: clone, then move the child.
         Err(e)
@@ -220,7 +253,7 @@ fn start(
             ) =>
         {
             (
-                clone3(flags, None).map_err(|e| Error::Spawn(format!("clone3: {e}")))?,
+                clone3_guarded(flags, None).map_err(|e| Error::Spawn(format!("clone3: {e}")))?,
                 false,
             )
         }

@@ -1,6 +1,7 @@
 //! The runtime on this host, as root: real OCI bundles (a busybox rootfs) run through the
-//! `ros-runtime` binary. Skipped when not root. cgroup limits are tested in QEMU instead (this
-//! host's cgroups are hybrid).
+//! `ros-runtime` binary. Each test fails when not run as root (`scripts/test` runs as root):
+//! a test that cannot run must not pass. cgroup limits are tested in QEMU instead (this host's
+//! cgroups are hybrid).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
@@ -9,12 +10,12 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-fn root() -> bool {
-    let ok = nix::unistd::Uid::effective().is_root();
-    if !ok {
-        eprintln!("skipped: needs root");
-    }
-    ok
+/// Fails the test unless it runs as root.
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (run the suite with scripts/test as root)"
+    );
 }
 
 fn busybox() -> PathBuf {
@@ -41,7 +42,7 @@ impl Bundle {
         std::fs::copy(busybox(), rootfs.join("bin/busybox")).expect("copy busybox");
         for applet in [
             "sh", "cat", "echo", "id", "hostname", "readlink", "ls", "mount", "pwd", "touch",
-            "grep", "sleep", "true", "wc",
+            "grep", "sleep", "true", "wc", "mknod", "head",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
         }
@@ -104,9 +105,7 @@ fn id(prefix: &str) -> String {
 
 #[test]
 fn namespaces_are_new_and_pid_is_1() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -129,9 +128,7 @@ fn namespaces_are_new_and_pid_is_1() {
 
 #[test]
 fn a_namespace_left_out_is_the_hosts() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&["/bin/readlink", "/proc/self/ns/net"]);
     let ns = b.config["linux"]["namespaces"].as_array_mut().expect("ns");
     ns.retain(|n| n["type"] != "network");
@@ -145,9 +142,7 @@ fn a_namespace_left_out_is_the_hosts() {
 
 #[test]
 fn overlay_root_takes_writes_and_leaves_the_image_alone() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -176,9 +171,7 @@ fn overlay_root_takes_writes_and_leaves_the_image_alone() {
 
 #[test]
 fn a_read_only_root_refuses_writes() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Bundle::new(&["/bin/touch", "/nope"]);
     let o = b.run(&id("ro"));
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -191,9 +184,7 @@ fn a_read_only_root_refuses_writes() {
 
 #[test]
 fn bind_mounts_read_only_and_read_write() {
-    if !root() {
-        return;
-    }
+    require_root();
     let host_ro = tempfile::tempdir().expect("tmp");
     let host_rw = tempfile::tempdir().expect("tmp");
     std::fs::write(host_ro.path().join("f"), "from the host\n").expect("write");
@@ -216,9 +207,7 @@ fn bind_mounts_read_only_and_read_write() {
 
 #[test]
 fn capabilities_are_dropped() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -250,9 +239,7 @@ fn capabilities_are_dropped() {
 
 #[test]
 fn seccomp_denies_a_call() {
-    if !root() {
-        return;
-    }
+    require_root();
     // The busybox applet, not the shell's builtin (which prints $PWD without getcwd).
     let mut b = Bundle::new(&[
         "/bin/sh",
@@ -274,9 +261,7 @@ fn seccomp_denies_a_call() {
 
 #[test]
 fn hostname_env_user_and_rlimits() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -300,9 +285,7 @@ fn hostname_env_user_and_rlimits() {
 
 #[test]
 fn exit_codes_and_signals_come_back() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Bundle::new(&["/bin/sh", "-c", "exit 7"]);
     assert_eq!(b.run(&id("exit")).status.code(), Some(7));
     // The init of a PID namespace ignores even SIGKILL from inside it: use the host's.
@@ -316,9 +299,7 @@ fn exit_codes_and_signals_come_back() {
 
 #[test]
 fn the_init_shim_passes_the_stop_signal_on() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&["/bin/sleep", "100"]);
     b.config["annotations"] = json!({"org.ros.init": "true"});
     std::fs::write(b.path().join("config.json"), b.config.to_string()).expect("write");
@@ -351,9 +332,7 @@ fn the_init_shim_passes_the_stop_signal_on() {
 
 #[test]
 fn masked_and_read_only_paths() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -376,9 +355,7 @@ fn masked_and_read_only_paths() {
 
 #[test]
 fn a_broken_bundle_is_a_clear_error() {
-    if !root() {
-        return;
-    }
+    require_root();
     let b = Bundle::new(&["/no/such/program"]);
     let o = b.run(&id("missing"));
     assert_eq!(o.status.code(), Some(125));
@@ -400,9 +377,7 @@ fn a_broken_bundle_is_a_clear_error() {
 
 #[test]
 fn a_user_namespace_maps_root_to_an_unprivileged_range() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut b = Bundle::new(&[
         "/bin/sh",
         "-c",
@@ -429,4 +404,47 @@ fn a_user_namespace_maps_root_to_an_unprivileged_range() {
         .to_string();
     assert_ne!(fields[2][0], host, "{out}");
     assert_eq!(fields[3], ["0"], "root inside: {out}");
+}
+
+#[test]
+fn devices_outside_the_allowed_set_can_be_neither_made_nor_opened() {
+    require_root();
+    // CAP_MKNOD given back, and a node of /dev/kmsg (1:11) already in the image: the device
+    // filter must refuse both making and opening it.
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /dev/null && echo null=ok; mknod /dev/kmsg c 1 11; echo mknod=$?; head -c 1 /data/kmsg >/dev/null; echo kmsg=$?; \
+         head -c 4 /dev/granted | wc -c",
+    ]);
+    nix::sys::stat::mknod(
+        &b.path().join("rootfs/data/kmsg"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 11),
+    )
+    .expect("mknod on the host");
+    let caps = json!(["CAP_MKNOD", "CAP_DAC_OVERRIDE", "CAP_SYSLOG"]);
+    for s in ["bounding", "effective", "permitted", "inheritable"] {
+        b.config["process"]["capabilities"][s] = caps.clone();
+    }
+    b.config["process"]["capabilities"]["ambient"] = json!([]);
+    // /dev/zero under another name, given to the container.
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/granted", "type": "c", "major": 1, "minor": 5, "fileMode": 438}]);
+    let o = b.run(&id("devices"));
+    let out = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("null=ok"), "{out}");
+    assert!(out.contains("mknod=1"), "making the node must fail: {out}");
+    assert!(out.contains("kmsg=1"), "opening it must fail: {out}");
+    assert!(
+        out.contains("head: /data/kmsg: Operation not permitted"),
+        "{out}"
+    );
+    assert!(out.contains("\n4\n"), "the granted device reads: {out}");
+    // A rule of the bundle that allows everything is obeyed.
+    b.config["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    let o = b.run(&id("devices-all"));
+    let out = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("kmsg=0") && out.contains("mknod=0"), "{out}");
 }

@@ -8,6 +8,7 @@
 // A benchmark prints its figures.
 #![allow(clippy::print_stdout)]
 
+mod config;
 mod runtime;
 mod services;
 
@@ -50,6 +51,12 @@ enum Cli {
         /// Guest memory (MiB), the same for both boots.
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+    },
+    /// Validating worst-case user-data (up to the 1 MiB cap) on the host, against parsing the
+    /// same text with toml_edit alone.
+    Config {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// The service images' layers as erofs images (the default) against plain folders in the
     /// initramfs: size, boot time, services phase, free memory.
@@ -143,6 +150,7 @@ fn main() -> Result<()> {
             memory,
         } => return services::many(arch, count, runs, memory),
         Cli::Storage { arch, runs } => return services::storage(arch, runs),
+        Cli::Config { runs } => return config::bench(runs),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;

@@ -1,0 +1,239 @@
+//! The services a user-data makes: the definitions shipped with ros, the `console` table as a
+//! change to the console service, the user-data's `[services.*]` over them key by key,
+//! `bootcmd`/`runcmd` as one-shot services, the NTP servers for the ntp service, and the
+//! `environment` every service gets. Pure: the boot, every live change, `ros config validate`
+//! and `ros-image` all build the services through [`services`].
+
+use std::collections::BTreeMap;
+
+use crate::error::{ConfigError, Pos};
+use crate::service::{HostNs, Located, Service, Volume, VolumeSource};
+use crate::{UserData, host};
+
+/// What the machine is, where the services depend on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The serial console's device (`/dev/ttyS0`, `/dev/ttyAMA0`), which the console service
+    /// takes for its login there.
+    pub serial_console: Option<String>,
+}
+
+/// The services and the environment they share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Services {
+    pub defs: BTreeMap<String, Service>,
+    /// `NAME=value` for every service (each service's own `env` wins).
+    pub env: Vec<String>,
+}
+
+/// The services that run once per boot and keep their definitions until the next one.
+pub const ONCE_PER_BOOT: &[&str] = &["bootcmd", "runcmd"];
+
+/// The shipped system services `runcmd` waits for.
+const SYSTEM_SERVICES: &[&str] = &["syslog", "ntp", "console"];
+
+/// The NTP servers when the user-data names none.
+pub const DEFAULT_NTP: &str = "pool.ntp.org";
+
+/// The services `cfg` makes over `shipped`; problems (a user service that takes a name ros
+/// uses) go to `errors`.
+pub fn services(
+    cfg: &UserData,
+    shipped: &BTreeMap<String, Service>,
+    facts: &Facts,
+    errors: &mut Vec<ConfigError>,
+) -> Services {
+    let mut defs = shipped.clone();
+    // The `console` table changes the shipped console; `[services.console]` still wins.
+    if let Some(c) = defs.get_mut("console") {
+        c.merge(console(&cfg.console, facts));
+    }
+    for (name, s) in &cfg.services {
+        defs.entry(name.clone()).or_default().merge(s.clone());
+    }
+    host_commands(cfg, &mut defs, errors);
+    // Only the ntp service reads its servers, so only it restarts when they change.
+    if let Some(s) = defs.get_mut("ntp") {
+        let servers = cfg
+            .ntp
+            .servers
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_NTP.into()]);
+        s.env
+            .entry("ROS_NTP_SERVERS".into())
+            .or_insert_with(|| servers.join(","));
+    }
+    let env = cfg
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Services { defs, env }
+}
+
+/// The `console` table as a change to the console service: its SSH port (the server's and the
+/// health check's), whether its writable layer persists, and the serial console it logs in on.
+fn console(c: &crate::Console, facts: &Facts) -> Service {
+    let mut s = Service::default();
+    if let Some(p) = c.ssh_port {
+        s.env.insert("ROS_SSH_PORT".into(), p.to_string());
+        s.health = Some(crate::service::Health {
+            check: crate::service::HealthCheck::Tcp(p),
+            interval: std::time::Duration::from_secs(10),
+            timeout: std::time::Duration::from_secs(3),
+            retries: 3,
+        });
+    }
+    s.persistent = c.persistent;
+    let login = if c.autologin == Some(true) {
+        "autologin"
+    } else if c.root_password_hash.is_some() {
+        "password"
+    } else {
+        "none"
+    };
+    s.env.insert("ROS_SERIAL_LOGIN".into(), login.into());
+    if let Some(tty) = &facts.serial_console {
+        s.env.insert("ROS_SERIAL".into(), tty.clone());
+        s.devices = Some(vec![crate::service::DeviceSpec {
+            host: tty.clone(),
+            container: tty.clone(),
+            read: true,
+            write: true,
+            mknod: false,
+        }]);
+    }
+    s
+}
+
+/// `bootcmd` and `runcmd` as one-shot services: privileged busybox containers that share the
+/// host's network, PID, IPC and UTS namespaces, with the host's root at `/host`. `bootcmd` runs
+/// before every other service starts; `runcmd` once the system services run.
+fn host_commands(
+    cfg: &UserData,
+    defs: &mut BTreeMap<String, Service>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut add = |defs: &mut BTreeMap<String, Service>,
+                   name: &str,
+                   cmds: &[host::Command],
+                   deps: Vec<String>| {
+        if let Some(theirs) = defs.get(name) {
+            let (source, pos) = theirs
+                .image
+                .as_ref()
+                .map_or(("services".to_string(), Pos::default()), |i| {
+                    (i.source.clone(), i.pos)
+                });
+            errors.push(ConfigError::new(
+                &source,
+                pos,
+                &format!("services.{name}"),
+                format!(
+                    "`{name}` is the name of the `{name}` commands' service; this definition is ignored"
+                ),
+            ));
+        }
+        let located = |v: &str| Located::builtin(v.to_string(), name);
+        defs.insert(
+            name.to_string(),
+            Service {
+                image: Some(located("busybox")),
+                command: Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    host::script(name, cmds),
+                ]),
+                oneshot: Some(true),
+                privileged: Some(true),
+                host_namespaces: Some(vec![HostNs::Net, HostNs::Pid, HostNs::Ipc, HostNs::Uts]),
+                volumes: Some(vec![Volume {
+                    source: VolumeSource::Host("/".into()),
+                    target: "/host".into(),
+                    read_only: false,
+                }]),
+                depends_on: Some(deps.iter().map(|d| located(d)).collect()),
+                ..Service::default()
+            },
+        );
+    };
+    if let Some(cmds) = &cfg.bootcmd {
+        add(defs, "bootcmd", cmds, Vec::new());
+        for (name, s) in defs.iter_mut() {
+            if name != "bootcmd" && s.is_enabled() {
+                s.depends_on
+                    .get_or_insert_with(Vec::new)
+                    .push(Located::builtin("bootcmd".into(), "bootcmd"));
+            }
+        }
+    }
+    if let Some(cmds) = &cfg.runcmd {
+        let deps: Vec<String> = SYSTEM_SERVICES
+            .iter()
+            .filter(|n| defs.get(**n).is_some_and(Service::is_enabled))
+            .map(|n| n.to_string())
+            .collect();
+        add(defs, "runcmd", cmds, deps);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> BTreeMap<String, Service> {
+        crate::shipped::get().services.clone()
+    }
+
+    #[test]
+    fn the_console_table_ntp_servers_and_environment_reach_their_services() {
+        let cfg = crate::from_toml(
+            "t",
+            "[console]\nssh_port = 2222\nautologin = true\n[ntp]\nservers = [\"10.0.2.2\"]\n[environment]\nTZ = \"UTC\"\n",
+        );
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let facts = Facts {
+            serial_console: Some("/dev/ttyS0".into()),
+        };
+        let mut errors = Vec::new();
+        let s = services(&cfg.data, &shipped(), &facts, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let console = &s.defs["console"];
+        assert_eq!(console.env["ROS_SSH_PORT"], "2222");
+        assert_eq!(console.env["ROS_SERIAL_LOGIN"], "autologin");
+        assert_eq!(
+            console.devices.as_ref().map(|d| d[0].host.as_str()),
+            Some("/dev/ttyS0")
+        );
+        assert_eq!(
+            console.health.as_ref().map(|h| h.check.clone()),
+            Some(crate::service::HealthCheck::Tcp(2222))
+        );
+        assert_eq!(s.defs["ntp"].env["ROS_NTP_SERVERS"], "10.0.2.2");
+        assert_eq!(s.env, ["TZ=UTC"]);
+    }
+
+    #[test]
+    fn commands_become_one_shot_services_built_as_values() {
+        // A DEL character broke the TOML text these were once written as.
+        let cfg = crate::from_toml(
+            "t",
+            "bootcmd = [\"echo \\u007f\"]\nruncmd = [[\"echo\", \"it's\"]]\n[services.bootcmd]\nimage = \"busybox\"\n",
+        );
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let mut errors = Vec::new();
+        let s = services(&cfg.data, &shipped(), &Facts::default(), &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "services.bootcmd");
+        assert_eq!(errors[0].line, 4);
+        let boot = &s.defs["bootcmd"];
+        assert!(boot.command.as_ref().expect("command")[2].contains('\u{7f}'));
+        assert_eq!(boot.privileged, Some(true));
+        assert!(s.defs["console"].depends().any(|d| d == "bootcmd"));
+        let run = &s.defs["runcmd"];
+        let deps: Vec<&str> = run.depends().collect();
+        assert_eq!(deps, ["syslog", "ntp", "console"]);
+        let (errors, blocked) = crate::check::services(&s.defs, &crate::shipped::get().images);
+        assert!(errors.is_empty() && blocked.is_empty(), "{errors:?}");
+    }
+}

@@ -1,0 +1,431 @@
+//! The supervisor: runs the services as containers and keeps them running. Its decisions are
+//! the pure [`machine`]; this executor carries out its commands with the container runtime,
+//! feeds back what happened (started, failed to start, exited, health check results), and keeps
+//! each service's output ([`logs`]). Services come and go through [`Supervisor::apply`], with a
+//! [`ServicesDiff`]: the boot's (every service new) and each live change's.
+
+pub mod logs;
+pub mod machine;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use ros_api::ServiceReport;
+use ros_config::Service;
+use ros_config::diff::ServicesDiff;
+use ros_config::service::HealthCheck;
+use ros_config::system::ONCE_PER_BOOT;
+use ros_runtime::config::{Device, DeviceKind};
+use ros_runtime::{Container, Rootfs, SpawnOptions, Stdio};
+
+use crate::services::images::ImageStore;
+use machine::{Cmd, Exit, Machine, State};
+use spec::{Paths, Spec};
+
+#[derive(Debug)]
+pub struct Supervisor {
+    machine: Machine,
+    specs: BTreeMap<String, Spec>,
+    images: ImageStore,
+    containers: BTreeMap<String, Container>,
+    logs: BTreeMap<String, logs::Shared>,
+    oom_kills: BTreeMap<String, u64>,
+    opts: SpawnOptions,
+    paths: Paths,
+    /// Groups of ended containers that still had processes (being killed): removed later, off
+    /// the main loop's hot path.
+    leftovers: Vec<ros_runtime::Cgroup>,
+}
+
+/// The policy of a service that must not start, and why.
+fn blocked_policy(name: &str, s: &Service, why: String) -> machine::Policy {
+    machine::Policy {
+        name: name.to_string(),
+        depends_on: s.depends().map(str::to_string).collect(),
+        restart: ros_config::service::Restart::No,
+        oneshot: false,
+        backoff_initial_ms: 1,
+        backoff_max_ms: 1,
+        health: None,
+        stop_signal: libc::SIGTERM,
+        stop_timeout_ms: 1,
+        blocked: Some(why),
+    }
+}
+
+/// How often the groups of ended containers are tried again.
+const LEFTOVER_RETRY_MS: u64 = 20;
+
+fn exit_of(s: WaitStatus) -> Option<(i32, Exit)> {
+    match s {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), Exit::Code(code))),
+        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), Exit::Signal(sig as i32))),
+        _ => None,
+    }
+}
+
+impl Supervisor {
+    /// A supervisor with no services yet.
+    pub fn new(images: ImageStore, paths: Paths, opts: SpawnOptions) -> Supervisor {
+        Supervisor {
+            machine: Machine::new(Vec::new()),
+            specs: BTreeMap::new(),
+            images,
+            containers: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            oom_kills: BTreeMap::new(),
+            opts,
+            paths,
+            leftovers: Vec::new(),
+        }
+    }
+
+    /// Applies a change of the services: a new one starts once its dependencies run, a changed
+    /// one is restarted the new way (or kept from starting, when blocked), a removed or disabled
+    /// one stops. Returns a line per service touched, and the problems.
+    pub fn apply(&mut self, d: &ServicesDiff, now: u64) -> (Vec<String>, Vec<String>) {
+        let (mut done, mut problems) = (Vec::new(), Vec::new());
+        let mut cmds = Vec::new();
+        for (name, def) in &d.changed {
+            let Some(def) = def else {
+                if let Ok(c) = self.machine.stop(name, now) {
+                    if self.machine.get(name).is_some_and(|s| s.pid.is_some()) {
+                        done.push(format!("{name}: stopped (disabled or no longer defined)"));
+                    }
+                    cmds.extend(c);
+                }
+                continue;
+            };
+            let policy = if d.blocked.contains(name) {
+                self.specs.remove(name);
+                blocked_policy(
+                    name,
+                    def,
+                    "its definition has errors (see config_errors)".into(),
+                )
+            } else {
+                let image = def.image.as_ref().and_then(|i| self.images.get(&i.value));
+                match image.map(|img| spec::resolve(name, def, img, &self.paths, &d.env, None)) {
+                    Some(Ok(spec)) => {
+                        let p = spec.policy.clone();
+                        self.specs.insert(name.clone(), spec);
+                        p
+                    }
+                    Some(Err(e)) => {
+                        problems.push(format!("service {name}: {e}"));
+                        self.specs.remove(name);
+                        blocked_policy(name, def, e)
+                    }
+                    None => {
+                        self.specs.remove(name);
+                        blocked_policy(
+                            name,
+                            def,
+                            "its image is not in this machine's image store".into(),
+                        )
+                    }
+                }
+            };
+            if ONCE_PER_BOOT.contains(&name.as_str()) && self.machine.get(name).is_some() {
+                cmds.extend(self.machine.update_policy(policy, now));
+                continue;
+            }
+            let running = self.machine.get(name).is_some_and(|s| s.pid.is_some());
+            done.push(match (&policy.blocked, running) {
+                (Some(why), _) => format!("{name}: cannot start: {why}"),
+                (None, true) => format!("{name}: restarted with its new definition"),
+                (None, false) => format!("{name}: started"),
+            });
+            cmds.extend(self.machine.redefine(policy, now));
+        }
+        self.run(cmds, now);
+        (done, problems)
+    }
+
+    pub fn start(&mut self, now: u64) {
+        let cmds = self.machine.start(now);
+        self.run(cmds, now);
+    }
+
+    /// A reaped child: returns whether it was one of the supervisor's.
+    pub fn on_exit(&mut self, status: WaitStatus, now: u64) -> bool {
+        let Some((pid, exit)) = exit_of(status) else {
+            return false;
+        };
+        let ours = self.machine.owns(pid);
+        let cmds = self.machine.exited(pid, exit, now);
+        self.run(cmds, now);
+        ours
+    }
+
+    pub fn on_timer(&mut self, now: u64) {
+        self.remove_leftovers();
+        let cmds = self.machine.timer(now);
+        self.run(cmds, now);
+    }
+
+    /// When [`Supervisor::on_timer`] must be called next.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let leftovers = (!self.leftovers.is_empty())
+            .then(|| crate::platform::clock::uptime_ms().saturating_add(LEFTOVER_RETRY_MS));
+        match (self.machine.next_deadline(), leftovers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes the groups of ended containers that have emptied since.
+    fn remove_leftovers(&mut self) {
+        self.leftovers.retain(|cg| match cg.try_remove() {
+            Ok(true) => false,
+            Ok(false) => true,
+            Err(e) => {
+                log::warn!("removing {}: {e}", cg.path.display());
+                false
+            }
+        });
+    }
+
+    pub fn stop_all(&mut self, now: u64) {
+        let cmds = self.machine.stop_all(now);
+        self.run(cmds, now);
+    }
+
+    /// `ros service stop`.
+    pub fn stop_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.stop(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
+    /// `ros service start`.
+    pub fn start_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.start_one(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
+    /// `ros service restart`.
+    pub fn restart_by_request(&mut self, name: &str, now: u64) -> Result<(), String> {
+        let cmds = self.machine.restart(name, now)?;
+        self.run(cmds, now);
+        Ok(())
+    }
+
+    pub fn all_stopped(&self) -> bool {
+        self.machine.all_stopped()
+    }
+
+    /// The last `n` lines of a service's output.
+    pub fn log_tail(&self, name: &str, n: usize) -> Option<Vec<String>> {
+        self.logs
+            .get(name)
+            .and_then(|l| l.lock().ok().map(|l| l.tail(n)))
+    }
+
+    pub fn report(&self) -> Vec<ServiceReport> {
+        self.machine
+            .services()
+            .map(|s| ServiceReport {
+                name: s.policy.name.clone(),
+                image: self
+                    .specs
+                    .get(&s.policy.name)
+                    .map(|x| x.image.clone())
+                    .unwrap_or_default(),
+                state: s.state.name().to_string(),
+                pid: s.pid,
+                restarts: s.restarts,
+                health: s.health(),
+                last_exit: s.last_exit,
+                oom_kills: self.oom_kills.get(&s.policy.name).copied().unwrap_or(0)
+                    + self
+                        .containers
+                        .get(&s.policy.name)
+                        .map_or(0, |c| c.cgroup.oom_kills()),
+                detail: match &s.state {
+                    State::Failed { reason } => Some(reason.clone()),
+                    State::Waiting => {
+                        let waiting: Vec<&str> = s
+                            .policy
+                            .depends_on
+                            .iter()
+                            .filter(|d| self.machine.get(d).is_none_or(|x| !x.ready()))
+                            .map(String::as_str)
+                            .collect();
+                        (!waiting.is_empty()).then(|| format!("waiting for {}", waiting.join(", ")))
+                    }
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    /// Carries out commands, and those their results lead to.
+    fn run(&mut self, cmds: Vec<Cmd>, now: u64) {
+        let mut queue: std::collections::VecDeque<Cmd> = cmds.into();
+        while let Some(cmd) = queue.pop_front() {
+            match cmd {
+                Cmd::Note(text) => log::info!("{text}"),
+                Cmd::Start(name) => {
+                    let more = match self.start_service(&name) {
+                        Ok(pid) => self.machine.started(&name, pid, now),
+                        Err(e) => self.machine.start_failed(&name, &e, now),
+                    };
+                    queue.extend(more);
+                }
+                Cmd::Signal { name, pid, signal } => {
+                    if let Ok(sig) = Signal::try_from(signal)
+                        && let Err(e) = kill(Pid::from_raw(pid), sig)
+                    {
+                        log::warn!("signalling service {name}: {e}");
+                    }
+                }
+                Cmd::Kill(name) => {
+                    if let Some(c) = self.containers.get(&name) {
+                        let _ = std::fs::write(c.cgroup.path.join("cgroup.kill"), "1");
+                        if c.pid > 0 {
+                            let _ = kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+                        }
+                    }
+                }
+                Cmd::Cleanup(name) => {
+                    if let Some(c) = self.containers.remove(&name) {
+                        let oom = c.cgroup.oom_kills();
+                        if oom > 0 {
+                            log::warn!(
+                                "service {name}: the OOM killer struck {oom} time(s) (its memory limit)"
+                            );
+                        }
+                        *self.oom_kills.entry(name.clone()).or_default() += oom;
+                        // One try now; a group still emptying is killed and removed by the
+                        // timer (see `leftover_deadline`), never waited for here.
+                        if let Some(cg) = c.release() {
+                            self.leftovers.push(cg);
+                        }
+                    }
+                }
+                Cmd::Check(name) => match self.start_check(&name) {
+                    Ok(pid) => self.machine.health_started(&name, pid, now),
+                    Err(e) => {
+                        log::warn!("health check of {name}: {e}");
+                        queue.extend(self.machine.check_failed(&name, now));
+                    }
+                },
+                Cmd::KillCheck { pid, .. } => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn start_check(&self, name: &str) -> Result<i32, String> {
+        let spec = self.specs.get(name).ok_or("unknown service")?;
+        let c = self.containers.get(name).ok_or("not running")?;
+        let timeout =
+            Duration::from_millis(spec.policy.health.as_ref().map_or(3000, |h| h.timeout_ms));
+        match &spec.health {
+            Some(HealthCheck::Tcp(port)) => {
+                ros_runtime::exec::spawn_tcp_probe(c.pid, *port, timeout).map_err(|e| e.to_string())
+            }
+            Some(HealthCheck::Exec(args)) => {
+                let cfg = self.running_config(name).ok_or("not running")?;
+                ros_runtime::exec::spawn_in(c.pid, &c.cgroup, &cfg, args.clone())
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("no health check".into()),
+        }
+    }
+
+    fn running_config(&self, name: &str) -> Option<ros_runtime::Config> {
+        self.specs.get(name).map(|s| s.config.clone())
+    }
+
+    fn start_service(&mut self, name: &str) -> Result<i32, String> {
+        let spec = self.specs.get(name).ok_or("unknown service")?.clone();
+        let t = crate::platform::clock::uptime_ms();
+        let lower = self.images.lower_dirs(&spec.image)?;
+        log::debug!(
+            "service {name}: layers ready in {} ms",
+            crate::platform::clock::uptime_ms() - t
+        );
+        let mut cfg = spec.config.clone();
+        if let Rootfs::Overlay { upper, .. } = &cfg.rootfs {
+            cfg.rootfs = Rootfs::Overlay {
+                lower,
+                upper: upper.clone(),
+            };
+        }
+        for d in &spec.dirs {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        for dev in &spec.devices {
+            cfg.devices.push(host_device(dev)?);
+        }
+        if cfg.device_rules.is_some() {
+            cfg.device_rules = Some(ros_runtime::config::default_device_rules(&cfg.devices));
+        }
+        let log = self
+            .logs
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                logs::ServiceLog::open(
+                    &self.paths.logs.join("services").join(format!("{name}.log")),
+                )
+            })
+            .clone();
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into();
+        let stdio = Stdio {
+            stdin: Some(null),
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        };
+        let t = crate::platform::clock::uptime_ms();
+        let container = ros_runtime::spawn(&cfg, stdio, &self.opts).map_err(|e| e.to_string())?;
+        log::debug!(
+            "service {name}: container started in {} ms",
+            crate::platform::clock::uptime_ms() - t
+        );
+        logs::capture(out_r, "out", log.clone());
+        logs::capture(err_r, "err", log);
+        let pid = container.pid;
+        self.containers.insert(name.to_string(), container);
+        Ok(pid)
+    }
+}
+
+/// A host device a service is given, as the runtime makes it in the container.
+fn host_device(d: &ros_config::service::DeviceSpec) -> Result<Device, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(&d.host).map_err(|e| format!("device {}: {e}", d.host))?;
+    let kind = if m.file_type().is_char_device() {
+        DeviceKind::Char
+    } else if m.file_type().is_block_device() {
+        DeviceKind::Block
+    } else {
+        return Err(format!("{} is not a device", d.host));
+    };
+    Ok(Device {
+        path: d.container.clone(),
+        kind,
+        major: nix::sys::stat::major(m.rdev()),
+        minor: nix::sys::stat::minor(m.rdev()),
+        mode: m.mode() & 0o777,
+        access: ros_runtime::config::Access {
+            read: d.read,
+            write: d.write,
+            mknod: d.mknod,
+        },
+    })
+}
