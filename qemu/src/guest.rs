@@ -22,6 +22,8 @@ struct Console {
 #[derive(Debug)]
 pub struct Guest {
     child: Child,
+    /// The serial console's input.
+    serial_in: Option<std::process::ChildStdin>,
     console: Arc<(Mutex<Console>, Condvar)>,
     control: Option<UnixStream>,
     sockets: Sockets,
@@ -40,7 +42,7 @@ impl Guest {
         };
         let mut child = Command::new(cmdline::binary(cfg.arch))
             .args(cmdline::args(cfg, &sockets, "stdio"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,8 +69,10 @@ impl Guest {
             let console = Arc::clone(&console);
             std::thread::spawn(move || pump(out, &console));
         }
+        let serial_in = child.stdin.take();
         let mut g = Guest {
             child,
+            serial_in,
             console,
             control: None,
             sockets,
@@ -174,6 +178,36 @@ impl Guest {
         }
     }
 
+    /// Waits for `needle` anywhere in the console from byte `from` on, even without a line end
+    /// after it (a prompt); returns the offset just after it.
+    pub fn wait_for_text(&self, needle: &str, from: usize, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.console;
+        let mut c = lock.lock().map_err(|_| anyhow!("console lock poisoned"))?;
+        loop {
+            if let Some(i) = c.text.get(from..).and_then(|rest| rest.find(needle)) {
+                return Ok(from + i + needle.len());
+            }
+            let now = Instant::now();
+            if c.closed || now >= deadline {
+                let why = if c.closed {
+                    "QEMU's output ended"
+                } else {
+                    "timed out"
+                };
+                drop(c);
+                bail!(
+                    "{why} waiting for `{needle}`; console tail:\n{}",
+                    self.tail(30)
+                );
+            }
+            c = cvar
+                .wait_timeout(c, deadline - now)
+                .map_err(|_| anyhow!("console lock poisoned"))?
+                .0;
+        }
+    }
+
     /// Waits for the `ros: ready ` line and returns its JSON.
     pub fn wait_ready(&self, timeout: Duration) -> Result<serde_json::Value> {
         let line = self.wait_for(crate::READY_PREFIX, timeout)?;
@@ -182,6 +216,18 @@ impl Guest {
             .map(|(_, j)| j)
             .unwrap_or_default();
         serde_json::from_str(json).with_context(|| format!("the ready line is not JSON: {line}"))
+    }
+
+    /// Types `text` on the serial console, as a user at its keyboard would.
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let input = self
+            .serial_in
+            .as_mut()
+            .ok_or_else(|| anyhow!("the serial console's input is closed"))?;
+        input
+            .write_all(text.as_bytes())
+            .and_then(|()| input.flush())
+            .context("typing on the serial console")
     }
 
     /// Asks the guest to power off cleanly (through the control port).

@@ -82,7 +82,7 @@ fn services_live(key: &SshKey, port: u16) -> Result<()> {
     )?;
     let (code, out) = ros(key, port, "config merge /tmp/hello.toml")?;
     ensure!(
-        code == 0 && out.contains("services applied live: hello: started"),
+        code == 0 && out.contains("applied live: hello: started"),
         "{out}"
     );
     wait_state(key, port, "hello", "running")?;
@@ -93,8 +93,7 @@ fn services_live(key: &SshKey, port: u16) -> Result<()> {
         r#"config set services.hello.command '["sh", "-c", "echo hello two; exec sleep 1000"]'"#,
     )?;
     ensure!(
-        code == 0
-            && out.contains("services applied live: hello: restarted with its new definition"),
+        code == 0 && out.contains("applied live: hello: restarted with its new definition"),
         "{out}"
     );
     ensure!(!out.contains("next boot"), "{out}");
@@ -141,7 +140,7 @@ fn network_live(key: &SshKey, port: u16) -> Result<()> {
     ensure!(acquired.is_u64(), "{eth0:#}");
     let (code, out) = ros(key, port, "config set network.interfaces.eth0.dhcp4 true")?;
     ensure!(
-        code == 0 && out.contains("network applied live: the interfaces stay as they were"),
+        code == 0 && out.contains("applied live: nothing running changes"),
         "{out}"
     );
     let (code, out) = ros(
@@ -150,7 +149,7 @@ fn network_live(key: &SshKey, port: u16) -> Result<()> {
         "config set network.interfaces.eth1.addresses 192.168.79.10/24",
     )?;
     ensure!(
-        code == 0 && out.contains("network applied live: eth1: 192.168.79.10/24"),
+        code == 0 && out.contains("applied live: eth1: 192.168.79.10/24"),
         "{out}"
     );
     ensure!(!out.contains("next boot"), "{out}");
@@ -177,7 +176,7 @@ fn network_live(key: &SshKey, port: u16) -> Result<()> {
         SSH,
     )?;
     let (code, out) = ros(key, port, "config merge /tmp/route.toml")?;
-    ensure!(code == 0 && out.contains("network applied live"), "{out}");
+    ensure!(code == 0 && out.contains("applied live: eth1"), "{out}");
     let eth1 = live_interface(key, port, "eth1")?;
     let a = addresses(&eth1);
     ensure!(
@@ -251,7 +250,7 @@ fn cli(arch: Arch) -> Result<()> {
     );
     let info: serde_json::Value = serde_json::from_str(ok(&key, port, "os info -o json")?.trim())?;
     ensure!(
-        info["arch"] == arch.name() && info["api_version"] == 1,
+        info["arch"] == arch.name() && info["api_version"] == 2,
         "{info}"
     );
     let st = ok(&key, port, "status")?;
@@ -337,7 +336,7 @@ fn cli(arch: Arch) -> Result<()> {
     network_live(&key, port)?;
     let (code, out) = ros(&key, port, "config set ntp.servers 10.0.2.2")?;
     ensure!(
-        code == 0 && out.contains("services applied live: ntp: restarted with its new definition"),
+        code == 0 && out.contains("applied live: ntp: restarted with its new definition"),
         "{out}"
     );
     let sources = ok(&key, port, "config sources")?;

@@ -142,6 +142,7 @@ mod tests {
             dns: vec![],
             domain: None,
             search: vec![],
+            dropped_names: vec![],
             mtu: None,
             routes: vec![],
             lease_secs: 3600,

@@ -3,7 +3,7 @@
 //! (dnsmasq sends T1 = 4 s), and the RELEASE when the driver stops (dnsmasq drops the lease).
 //! DHCPv6: dnsmasq's router advertisements pick the mode (M flag: an address; O flag: DNS only;
 //! neither: SLAAC alone), then the exchange, the address on the link, and the Release.
-//! Needs root (namespaces), `ip` and `dnsmasq`; skips only when not root.
+//! Needs root (namespaces), `ip` and `dnsmasq`: each test fails when not run as root.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
@@ -163,9 +163,7 @@ async fn next_bound(
 
 #[test]
 fn exchange_renewal_and_release_against_dnsmasq() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut lab = Lab::new();
     lab.start_dnsmasq(&[
         "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
@@ -265,10 +263,16 @@ fn exchange_renewal_and_release_against_dnsmasq() {
         log.contains("ros-test"),
         "the hostname was not sent:\n{log}"
     );
-    let leases = std::fs::read_to_string(lab.leases()).unwrap_or_default();
+    // dnsmasq logs the release before it rewrites its lease file.
+    let gone = wait_until(Duration::from_secs(5), || {
+        !std::fs::read_to_string(lab.leases())
+            .unwrap_or_default()
+            .contains(&address.to_string())
+    });
     assert!(
-        !leases.contains(&address.to_string()),
-        "dnsmasq still holds the lease: {leases}"
+        gone,
+        "dnsmasq still holds the lease: {}",
+        std::fs::read_to_string(lab.leases()).unwrap_or_default()
     );
 }
 
@@ -404,19 +408,59 @@ fn wait_log(lab: &Lab, what: &str) -> String {
     }
 }
 
-fn root() -> bool {
-    let r = nix::unistd::Uid::effective().is_root();
-    if !r {
-        eprintln!("skipped: needs root for network namespaces");
+/// Fails the test unless it runs as root (network namespaces).
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root for network namespaces (run the suite with scripts/test as root)"
+    );
+}
+
+/// Waits until `f` holds (true) or `within` passes (false).
+fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    r
+}
+
+/// Listens for DHCPv6 client messages (UDP 547, ff02::1:2) on the server side of the lab for
+/// `within`; the type of each message seen (1 Solicit, 11 Information-request, ...).
+fn listen_dhcp6(lab: &Lab, within: Duration) -> std::thread::JoinHandle<Vec<u8>> {
+    let server_ns = format!("/run/netns/{}", lab.server_ns);
+    let server_if = lab.server_if.clone();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&server_ns).expect("netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("[::]:547").expect("bind 547");
+        let index = nix::net::if_::if_nametoindex(server_if.as_str()).expect("ifindex");
+        sock.join_multicast_v6(&"ff02::1:2".parse().expect("group"), index)
+            .expect("join ff02::1:2");
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1500];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && n > 0
+            {
+                seen.push(buf[0]);
+            }
+        }
+        seen
+    })
 }
 
 #[test]
 fn dhcp6_stateful_address_dns_and_release() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut lab = Lab::new();
     let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::100,fd77::1ff,64,2m"]);
     let l = &run.lease;
@@ -461,18 +505,21 @@ fn dhcp6_stateful_address_dns_and_release() {
     ] {
         assert!(log.contains(step), "dnsmasq never logged {step}:\n{log}");
     }
-    let leases = std::fs::read_to_string(lab.leases()).unwrap_or_default();
+    let gone = wait_until(Duration::from_secs(5), || {
+        !std::fs::read_to_string(lab.leases())
+            .unwrap_or_default()
+            .contains(&addr.to_string())
+    });
     assert!(
-        !leases.contains(&addr.to_string()),
-        "dnsmasq still holds the lease: {leases}"
+        gone,
+        "dnsmasq still holds the lease: {}",
+        std::fs::read_to_string(lab.leases()).unwrap_or_default()
     );
 }
 
 #[test]
 fn dhcp6_stateless_when_the_router_sets_only_the_o_flag() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut lab = Lab::new();
     let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::,ra-stateless"]);
     let l = &run.lease;
@@ -488,10 +535,11 @@ fn dhcp6_stateless_when_the_router_sets_only_the_o_flag() {
 
 #[test]
 fn dhcp6_stays_quiet_when_the_router_says_slaac_only() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut lab = Lab::new();
+    // dnsmasq serves no DHCPv6 in this mode, so its log cannot show a Solicit: a listener of
+    // our own on the server side sees every client message instead.
+    let listener = listen_dhcp6(&lab, Duration::from_secs(8));
     let run = dhcp6_against_dnsmasq(&mut lab, &["--dhcp-range=fd77::,ra-only"]);
     assert_eq!(
         run.lease.mode,
@@ -499,9 +547,90 @@ fn dhcp6_stays_quiet_when_the_router_says_slaac_only() {
         "{:?}",
         run.lease
     );
-    let log = lab.log_text();
+    let seen = listener.join().expect("listener");
     assert!(
-        !log.contains("DHCPSOLICIT") && !log.contains("DHCPINFORMATION"),
-        "{log}"
+        seen.is_empty(),
+        "the client sent DHCPv6 messages (types {seen:?}) on a SLAAC-only link"
     );
+}
+
+#[test]
+fn the_listener_sees_a_client_that_solicits() {
+    require_root();
+    // The check above can fail: with no router at all, the client goes stateful after
+    // RA_WAIT and solicits, and the same listener sees it.
+    let lab = Lab::new();
+    let wait = ros_net::dhcp6::driver::RA_WAIT + Duration::from_secs(4);
+    let listener = listen_dhcp6(&lab, wait);
+    let client_if = lab.client_if.clone();
+    in_client(&lab, move |net, link| async move {
+        let errors = ros_net::apply::ipv6_for_dhcp6(&client_if);
+        assert!(errors.is_empty(), "{errors:?}");
+        net.set_up(link.index).await.expect("link up");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let dl = ros_net::dhcp6::driver::Dhcp6Link {
+            index: link.index,
+            name: link.name.clone(),
+            mac: link.mac.expect("mac").0,
+        };
+        let task = tokio::spawn(ros_net::dhcp6::driver::run(
+            net.clone(),
+            dl,
+            7,
+            now_ms,
+            tx,
+            stop_rx,
+            ros_net::dhcp6::driver::RA_WAIT,
+        ));
+        tokio::time::sleep(wait).await;
+        let (ack_tx, _ack_rx) = oneshot::channel();
+        let _ = stop_tx.send(ack_tx).await;
+        let _ = task.await;
+    });
+    let seen = listener.join().expect("listener");
+    assert!(seen.contains(&1), "no Solicit seen: {seen:?}");
+}
+
+#[test]
+fn a_domain_that_is_not_a_dns_name_is_dropped() {
+    require_root();
+    let mut lab = Lab::new();
+    // A domain with a newline: written as it came, it would add a nameserver to resolv.conf.
+    lab.start_dnsmasq(&[
+        "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
+        "--dhcp-option=option:domain-name,evil\nnameserver 6.6.6.6",
+        "--dhcp-option=option:domain-search,good.example",
+    ]);
+    let lease = in_client(&lab, |net, link| async move {
+        net.set_up(link.index).await.expect("link up");
+        let mac = link.mac.expect("mac").0;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let cfg = ClientConfig {
+            mac,
+            hostname: None,
+            seed: 7,
+        };
+        let dl = DhcpLink {
+            index: link.index,
+            name: link.name.clone(),
+            mac,
+            mtu_fixed: false,
+        };
+        let task = tokio::spawn(driver::run(net.clone(), dl, cfg, now_ms, tx, stop_rx));
+        let lease = next_bound(&mut rx, Duration::from_secs(15)).await;
+        let (ack_tx, _ack_rx) = oneshot::channel();
+        let _ = stop_tx.send(ack_tx).await;
+        let _ = task.await;
+        lease
+    });
+    assert_eq!(lease.domain, None, "{lease:?}");
+    assert_eq!(lease.search, ["good.example"]);
+    assert!(
+        lease.dropped_names.iter().any(|n| n.contains('\n')),
+        "the server's name did reach the client with its newline: {lease:?}"
+    );
+    let text = ros_net::resolv::render(&[], &lease.search);
+    assert!(!text.contains("6.6.6.6"), "{text}");
 }

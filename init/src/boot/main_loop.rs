@@ -89,6 +89,29 @@ pub struct MainLoop {
     pub stall: Arc<Stall>,
     pub tx: mpsc::UnboundedSender<ToMain>,
     rx: mpsc::UnboundedReceiver<ToMain>,
+    signals: Signals,
+}
+
+/// The signals PID 1 acts on, watched from the start of the boot: a signal PID 1 has no
+/// handler for is dropped by the kernel, so a ctrl-alt-del (SIGINT) during the boot would be
+/// lost if these were set up only when the loop starts.
+#[derive(Debug)]
+pub struct Signals {
+    chld: Option<Signal>,
+    term: Option<Signal>,
+    int: Option<Signal>,
+    pwr: Option<Signal>,
+}
+
+impl Signals {
+    pub fn watch() -> Signals {
+        Signals {
+            chld: watch(SignalKind::child(), "SIGCHLD"),
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+            pwr: watch(SignalKind::from_raw(libc::SIGPWR), "SIGPWR"),
+        }
+    }
 }
 
 fn watch(kind: SignalKind, name: &str) -> Option<Signal> {
@@ -127,7 +150,12 @@ async fn next_net_event(net: &mut Option<NetState>) -> Option<ros_net::dhcp::dri
 }
 
 impl MainLoop {
-    pub fn new(loader: Option<Loader>, current: Current, first_mac: Option<MacAddr>) -> MainLoop {
+    pub fn new(
+        signals: Signals,
+        loader: Option<Loader>,
+        current: Current,
+        first_mac: Option<MacAddr>,
+    ) -> MainLoop {
         let (tx, rx) = mpsc::unbounded_channel();
         MainLoop {
             sys: RealSys,
@@ -140,15 +168,26 @@ impl MainLoop {
             stall: Arc::new(Stall::default()),
             tx,
             rx,
+            signals,
         }
     }
 
     /// Runs until the machine powers off or reboots.
     pub async fn run(mut self) -> ! {
-        let mut sigchld = watch(SignalKind::child(), "SIGCHLD");
-        let mut sigterm = watch(SignalKind::terminate(), "SIGTERM");
-        let mut sigint = watch(SignalKind::interrupt(), "SIGINT");
-        let mut sigpwr = watch(SignalKind::from_raw(libc::SIGPWR), "SIGPWR");
+        let Signals {
+            chld: mut sigchld,
+            term: mut sigterm,
+            int: mut sigint,
+            pwr: mut sigpwr,
+        } = std::mem::replace(
+            &mut self.signals,
+            Signals {
+                chld: None,
+                term: None,
+                int: None,
+                pwr: None,
+            },
+        );
         // A child that ended before the loop ran (the boot's) is reaped at once.
         self.reap();
         loop {

@@ -180,8 +180,10 @@ async fn boot(started: u64) -> ! {
         start_ms: started,
         end_ms: uptime_ms(),
     });
-    // Ctrl-alt-del becomes SIGINT to the init instead of an immediate reboot.
+    // Ctrl-alt-del becomes SIGINT to the init instead of an immediate reboot; the signals are
+    // watched from now on.
     let _ = nix::sys::reboot::set_cad_enabled(false);
+    let signals = main_loop::Signals::watch();
 
     let sys = RealSys;
     for e in tl.phase("mounts", || mounts::mount_all(&sys, Path::new("/"))) {
@@ -273,6 +275,7 @@ async fn boot(started: u64) -> ! {
 
     // The owner of what runs, from the first change the config makes.
     let mut m = MainLoop::new(
+        signals,
         loader.take(),
         Current::new(Loaded::default(), ctx),
         first_nic_mac(Path::new("/sys")),

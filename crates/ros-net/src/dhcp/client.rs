@@ -42,6 +42,8 @@ pub struct Lease {
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub search: Vec<String>,
+    /// Names the server gave that are not DNS names, dropped (the driver says so).
+    pub dropped_names: Vec<String>,
     pub mtu: Option<u16>,
     /// Classless static routes (option 121): destination, gateway.
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
@@ -361,11 +363,21 @@ fn lease_from_ack(msg: &Message, now: u64) -> Option<Lease> {
         .u32(code::RENEWAL)
         .unwrap_or_else(|| scaled(1, 2))
         .min(t2_secs);
+    let mut dropped_names = Vec::new();
     let domain = msg
         .string(code::DOMAIN_NAME)
         .map(|d| d.trim_end_matches('.').to_string())
-        .filter(|d| !d.is_empty());
-    let mut search = msg.search();
+        .filter(|d| !d.is_empty())
+        .and_then(|d| {
+            if crate::resolv::is_dns_name(&d) {
+                Some(d)
+            } else {
+                dropped_names.push(d);
+                None
+            }
+        });
+    let (mut search, bad) = crate::resolv::keep_dns_names(msg.search());
+    dropped_names.extend(bad);
     if search.is_empty() {
         search.extend(domain.clone());
     }
@@ -377,6 +389,7 @@ fn lease_from_ack(msg: &Message, now: u64) -> Option<Lease> {
         dns: msg.ips(code::DNS),
         domain,
         search,
+        dropped_names,
         mtu: msg.u16(code::MTU).filter(|m| *m >= 68),
         routes: msg.classless_routes(),
         lease_secs,

@@ -233,6 +233,12 @@ impl Driver {
                     lease.server,
                     lease.lease_secs
                 );
+                for n in &lease.dropped_names {
+                    log::warn!(
+                        "dhcp: {}: the server gave {n:?}, which is not a DNS name; dropped",
+                        self.link.name
+                    );
+                }
                 let _ = self.events.send(Event::Bound {
                     index: self.link.index,
                     lease,

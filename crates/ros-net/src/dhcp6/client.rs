@@ -84,6 +84,8 @@ pub struct Lease {
     pub server: String,
     pub dns: Vec<Ipv6Addr>,
     pub search: Vec<String>,
+    /// Names the server gave that are not DNS names, dropped (the driver says so).
+    pub dropped_names: Vec<String>,
     pub t1_secs: u32,
     pub t2_secs: u32,
     /// The longest valid lifetime of the addresses (stateful), or the refresh time (stateless).
@@ -410,12 +412,14 @@ impl Client {
                     .u32(code::INFORMATION_REFRESH_TIME)
                     .unwrap_or(DEFAULT_REFRESH_SECS)
                     .max(MIN_REFRESH_SECS);
+                let (search, dropped_names) = crate::resolv::keep_dns_names(m.domain_list());
                 let lease = Lease {
                     mode: Mode::Stateless,
                     addresses: Vec::new(),
                     server: hex(&server),
                     dns: m.dns_servers(),
-                    search: m.domain_list(),
+                    search,
+                    dropped_names,
                     t1_secs: msg::INFINITY,
                     t2_secs: msg::INFINITY,
                     valid_secs: refresh,
@@ -462,12 +466,14 @@ impl Client {
         let (t1, t2) = ia.as_ref().map_or((0, 0), |i| (i.t1, i.t2));
         let (t1_secs, t2_secs) = timers(t1, t2, &addresses);
         let valid_secs = addresses.iter().map(|a| a.valid).max().unwrap_or(0);
+        let (search, dropped_names) = crate::resolv::keep_dns_names(m.domain_list());
         let lease = Lease {
             mode: Mode::Stateful,
             addresses,
             server: hex(&server),
             dns: m.dns_servers(),
-            search: m.domain_list(),
+            search,
+            dropped_names,
             t1_secs,
             t2_secs,
             valid_secs,
