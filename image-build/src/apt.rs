@@ -116,17 +116,32 @@ impl Apt {
     }
 }
 
+/// The newest `package_VERSION_ARCH.deb` in `dir`, by Debian's version order (`6.1.158` is newer
+/// than `6.1.99`; an epoch wins over everything; `~` sorts before the release).
 pub fn newest_deb(dir: &Path, package: &str) -> Result<PathBuf> {
     std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
+        .filter_map(|p| {
+            let version = p
+                .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+                .and_then(|n| deb_version(n, package))?;
+            Some((version, p))
         })
-        .max()
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, p)| p)
         .with_context(|| format!("no {package}_*.deb in {}", dir.display()))
+}
+
+/// The version in a `.deb`'s file name (`name_VERSION_arch.deb`; apt writes `:` as `%3a`).
+fn deb_version(file: &str, package: &str) -> Option<debversion::Version> {
+    let rest = file
+        .strip_prefix(package)?
+        .strip_prefix('_')?
+        .strip_suffix(".deb")?;
+    let (version, _arch) = rest.rsplit_once('_')?;
+    version.replace("%3a", ":").parse().ok()
 }
 
 /// A field of a `.deb`'s control file.
@@ -140,4 +155,39 @@ pub fn deb_field(deb: &Path, field: &str) -> Result<String> {
         bail!("dpkg-deb -f {} {field} failed", deb.display());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_deb_is_found_by_debian_version_not_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for f in [
+            "linux-image-cloud-amd64_6.1.99-1_amd64.deb",
+            "linux-image-cloud-amd64_6.1.158-1_amd64.deb",
+            "linux-image-cloud-amd64_6.1.158-1~bpo11+1_amd64.deb",
+            "linux-image-cloud-amd64-dbg_9.9-1_amd64.deb",
+            "other_7.0-1_amd64.deb",
+        ] {
+            std::fs::write(dir.path().join(f), "").expect("write");
+        }
+        let n = newest_deb(dir.path(), "linux-image-cloud-amd64").expect("found");
+        assert_eq!(
+            n.file_name().and_then(|n| n.to_str()),
+            Some("linux-image-cloud-amd64_6.1.158-1_amd64.deb")
+        );
+        std::fs::write(
+            dir.path()
+                .join("linux-image-cloud-amd64_1%3a5.0-1_amd64.deb"),
+            "",
+        )
+        .expect("write");
+        let n = newest_deb(dir.path(), "linux-image-cloud-amd64").expect("found");
+        assert!(
+            n.to_string_lossy().contains("1%3a5.0"),
+            "an epoch wins: {n:?}"
+        );
+    }
 }

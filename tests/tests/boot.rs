@@ -369,10 +369,10 @@ impl Drop for V6Server {
 /// DHCPv6 in the init against dnsmasq: the router's M flag, the exchange, the address (a /128),
 /// its DNS server in resolv.conf and the ready line, and the Release at poweroff.
 fn dhcp6_stateful_from_dnsmasq(arch: Arch) -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: a tap device needs root");
-        return Ok(());
-    }
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "a tap device needs root (run the suite with scripts/test as root)"
+    );
     let srv = V6Server::start(arch)?;
     let ud = user_data(
         "[network.interfaces.eth0]\n[network.interfaces.v6]\nmac = \"52:54:00:12:34:59\"\ndhcp4 = false\ndhcp6 = true\n",

@@ -257,7 +257,13 @@ fn system_services(arch: Arch) -> Result<()> {
         .map(str::trim)
         .collect();
     assert_eq!(stopping.last(), Some(&"syslog"), "{stopping:?}");
-    let pos = |n: &str| stopping.iter().position(|s| *s == n);
+    // Each must have been stopped: a missing one is not "before" the others.
+    let pos = |n: &str| {
+        stopping
+            .iter()
+            .position(|s| *s == n)
+            .unwrap_or_else(|| panic!("{n} was never stopped: {stopping:?}"))
+    };
     assert!(
         pos("console") < pos("syslog") && pos("ntp") < pos("syslog"),
         "{stopping:?}"

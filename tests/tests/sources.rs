@@ -209,7 +209,7 @@ fn metadata_server() -> Result<u16> {
             } else if path == "/latest/user-data" {
                 (
                     "200 OK",
-                    "hostname = \"from-metadata\"\n[sysctl]\n\"vm.swappiness\" = 13\n\"vm.dirty_background_ratio\" = 8\n\
+                    "[sysctl]\n\"vm.swappiness\" = 13\n\"vm.dirty_background_ratio\" = 8\n\
                      [network.interfaces.eth0]\n[network.interfaces.eth1]\naddresses = [\"192.168.80.10/24\"]\n"
                         .to_string(),
                 )
@@ -253,8 +253,20 @@ fn metadata(arch: Arch) -> Result<()> {
         g.tail(30)
     );
     ensure!(r["config_errors"] == serde_json::json!([]), "{ctx}");
-    // Its user-data beats its local-hostname and fw_cfg; the command line beats it.
-    ensure!(r["hostname"] == "from-metadata", "{ctx}");
+    // Its local-hostname names the machine (its user-data sets no hostname; NoCloud's test
+    // shows a user-data's hostname winning over its meta-data's, the same code).
+    ensure!(r["hostname"] == "md-host", "{ctx}");
+    // It was read as a source of its own.
+    let status_of = |name: &str| {
+        r["config_sources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["source"] == name))
+            .map(|s| s["status"].clone())
+    };
+    ensure!(
+        status_of("metadata:meta-data") == Some(serde_json::json!("read")),
+        "{ctx}"
+    );
     // Its network keys apply: eth1 gets its address; eth0, which it was read through and which
     // it names as set up already, keeps the lease it had before the service was read.
     let eth1 = ros_tests::interface(&r, "eth1").context("eth1")?;
@@ -353,7 +365,85 @@ fn baked(arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// An ISO labelled `cidata` (Rock Ridge, so links and FIFOs are kept) of the folder `src`.
+fn iso_of(src: &Path, out: &Path) -> Result<()> {
+    let o = Command::new("genisoimage")
+        .args(["-quiet", "-output"])
+        .arg(out)
+        .args(["-volid", "cidata", "-rock"])
+        .arg(src)
+        .output()
+        .context("genisoimage")?;
+    ensure!(
+        o.status.success(),
+        "genisoimage: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
+/// Crafted drives: a user-data that is a symlink to /dev/zero and a meta-data that is a FIFO
+/// (neither followed nor read), then a 100 MB user-data (refused by its size, not read): the
+/// boot reaches its ready line as usual and says what it refused.
+fn nocloud_hostile(arch: Arch) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("links");
+    std::fs::create_dir_all(&src)?;
+    std::os::unix::fs::symlink("/dev/zero", src.join("user-data"))?;
+    nix::unistd::mkfifo(
+        &src.join("meta-data"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )?;
+    let iso = dir.path().join("links.iso");
+    iso_of(&src, &iso)?;
+    let mut cfg = config(arch)?;
+    cfg.disks = vec![iso];
+    let (g, r) = ros_tests::boot_ready(&cfg)?;
+    let errors = ros_tests::strings(&r["errors"]);
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e.contains("user-data on /dev/vd") && e.contains("symbolic link")),
+        "{errors:?}"
+    );
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e.contains("meta-data on /dev/vd") && e.contains("not a regular file")),
+        "{errors:?}"
+    );
+    drop(g);
+
+    let big = dir.path().join("big");
+    std::fs::create_dir_all(&big)?;
+    let mut f = std::fs::File::create(big.join("user-data"))?;
+    let line = b"# padding\n";
+    for _ in 0..(100 << 20) / line.len() {
+        f.write_all(line)?;
+    }
+    drop(f);
+    std::fs::write(big.join("meta-data"), "local-hostname: big-drive\n")?;
+    let iso = dir.path().join("big.iso");
+    iso_of(&big, &iso)?;
+    cfg.disks = vec![iso];
+    let (_g, r) = ros_tests::boot_ready(&cfg)?;
+    let errors = ros_tests::strings(&r["errors"]);
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e.contains("user-data on /dev/vd") && e.contains("at most 1024 KiB")),
+        "{errors:?}"
+    );
+    // The meta-data beside it still counts.
+    ensure!(r["hostname"] == "big-drive", "{}", r["hostname"]);
+    Ok(())
+}
+
 mod x86_64 {
+    #[test]
+    fn nocloud_hostile() -> anyhow::Result<()> {
+        super::nocloud_hostile(super::Arch::X86_64)
+    }
     #[test]
     fn precedence() -> anyhow::Result<()> {
         super::precedence(super::Arch::X86_64)
@@ -373,6 +463,10 @@ mod x86_64 {
 }
 
 mod aarch64 {
+    #[test]
+    fn nocloud_hostile() -> anyhow::Result<()> {
+        super::nocloud_hostile(super::Arch::Aarch64)
+    }
     #[test]
     fn precedence() -> anyhow::Result<()> {
         super::precedence(super::Arch::Aarch64)

@@ -40,6 +40,14 @@ fn namespaces(pid: i32) -> Result<Vec<(OwnedFd, CloneFlags)>> {
     Ok(out)
 }
 
+/// Writes to fd 2 with one system call: a forked child must not take std's stderr lock, which
+/// another thread of the parent may have held at the fork.
+fn to_stderr(text: &str) {
+    // SAFETY: fd 2 is borrowed for the call only.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let _ = nix::unistd::write(fd, text.as_bytes());
+}
+
 /// `fork` with no other thread inside the allocator (see [`crate::forksafe`]).
 fn guarded_fork() -> nix::Result<ForkResult> {
     let guard = crate::forksafe::fork_guard();
@@ -90,8 +98,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Child => {
                         let err = crate::process::exec(&run, &programs, None);
-                        let _ = std::io::stderr()
-                            .write_all(format!("exec in container: {err}\n").as_bytes());
+                        to_stderr(&format!("exec in container: {err}\n"));
                         // SAFETY: _exit ends the process without unwinding.
                         unsafe { libc::_exit(127) }
                     }
@@ -99,7 +106,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
                 }
             })()
             .unwrap_or_else(|e| {
-                let _ = std::io::stderr().write_all(format!("{e}\n").as_bytes());
+                to_stderr(&format!("{e}\n"));
                 126
             });
             // SAFETY: _exit ends the helper without running the parent's exit handlers.

@@ -259,6 +259,10 @@ async fn boot(started: u64) -> ! {
         match config::nocloud::read(&sys, loader.as_mut()) {
             Ok(Some(drive)) => {
                 log::info!("config: NoCloud drive {}", drive.device);
+                for e in &drive.errors {
+                    log::error!("config: NoCloud drive: {e}");
+                    errors.push(format!("config: NoCloud drive: {e}"));
+                }
                 if let Err(e) = sources::keep_nocloud(&drive) {
                     errors.push(format!("config: keeping the NoCloud data: {e}"));
                 }

@@ -70,6 +70,8 @@ pub struct Drive {
     pub device: String,
     pub user_data: Option<Vec<u8>>,
     pub meta_data: MetaData,
+    /// Files that were there and were not read (too large, not regular files).
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,23 +149,27 @@ pub fn read(sys: &dyn Sys, loader: Option<&mut Loader>) -> Result<Option<Drive>,
     )
     .map_err(|e| format!("mounting {device} ({}): {e}", fs.kernel_name()))?;
     // Capped, regular files only, no symlink followed (a drive is whatever someone built).
-    let file = |n: &str, cap: usize| -> Result<Option<Vec<u8>>, String> {
+    let mut errors = Vec::new();
+    let mut file = |n: &str, cap: usize| -> Option<Vec<u8>> {
         match super::sources::read_capped(&target.join(n), cap) {
-            ros_config::Input::Bytes(b) => Ok(Some(b)),
-            ros_config::Input::Absent => Ok(None),
-            ros_config::Input::Unreadable(e) => Err(format!("{n} on {device}: {e}")),
+            ros_config::Input::Bytes(b) => Some(b),
+            ros_config::Input::Absent => None,
+            ros_config::Input::Unreadable(e) => {
+                errors.push(format!("{n} on {device}: {e}"));
+                None
+            }
         }
     };
     let user_data = file("user-data", ros_config::load::MAX_BYTES);
     let meta = file("meta-data", META_DATA_MAX);
     let _ = nix::mount::umount(target);
-    let meta_data = meta?
-        .map(|b| meta_data(&String::from_utf8_lossy(&b)))
-        .unwrap_or_default();
     Ok(Some(Drive {
         device,
-        user_data: user_data?,
-        meta_data,
+        user_data,
+        meta_data: meta
+            .map(|b| meta_data(&String::from_utf8_lossy(&b)))
+            .unwrap_or_default(),
+        errors,
     }))
 }
 

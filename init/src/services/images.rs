@@ -1,7 +1,7 @@
 //! The system-service images in the initramfs: an OCI image layout's index, manifests and
-//! configs (read with oci-spec's types), and each layer as an erofs image, mounted read-only
-//! through a loop device the first time a container needs it (or, in an image built with
-//! `--layer-store tree`, a folder used as it is).
+//! configs (read with oci-spec's types), and each layer as a folder used as it is (or, in an
+//! image built with `--layer-store erofs`, an erofs image mounted read-only through a loop
+//! device the first time a container needs it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;

@@ -1040,4 +1040,169 @@ mod tests {
         m.stop_all(600);
         assert!(m.redefine(policy("late", &[]), 700).is_empty());
     }
+
+    mod properties {
+        //! The machine under arbitrary durations (up to `u64::MAX` ms) and a clock that jumps
+        //! anywhere, forwards or back: it never panics, and what it says stays consistent.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Debug, Clone)]
+        enum Ev {
+            Timer(u64),
+            /// Answer the oldest pending start: with a pid, or a failure.
+            Answer(bool),
+            /// The process of the n-th running service exits with this code.
+            Exit(usize, i32),
+            HealthExit(usize, bool),
+            Stop(usize),
+            Start(usize),
+            Restart(usize),
+            Redefine(usize, u64),
+            StopAll,
+        }
+
+        fn durations() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0u64),
+                Just(1),
+                1u64..100_000,
+                Just(u64::MAX),
+                any::<u64>()
+            ]
+        }
+
+        fn policy_of(name: &str, deps: &[&str], d: [u64; 5], restart: u8) -> Policy {
+            Policy {
+                name: name.into(),
+                depends_on: deps.iter().map(|s| s.to_string()).collect(),
+                restart: match restart % 3 {
+                    0 => Restart::Always,
+                    1 => Restart::OnFailure,
+                    _ => Restart::No,
+                },
+                oneshot: restart.is_multiple_of(5),
+                backoff_initial_ms: d[0].max(1),
+                backoff_max_ms: d[1].max(1),
+                health: d[2].is_multiple_of(2).then_some(HealthPolicy {
+                    interval_ms: d[2],
+                    timeout_ms: d[3],
+                    retries: 2,
+                }),
+                stop_signal: 15,
+                stop_timeout_ms: d[4],
+                blocked: None,
+            }
+        }
+
+        fn event() -> impl Strategy<Value = Ev> {
+            prop_oneof![
+                any::<u64>().prop_map(Ev::Timer),
+                (0u64..1_000_000).prop_map(Ev::Timer),
+                any::<bool>().prop_map(Ev::Answer),
+                (0usize..4, -1i32..3).prop_map(|(i, c)| Ev::Exit(i, c)),
+                (0usize..4, any::<bool>()).prop_map(|(i, ok)| Ev::HealthExit(i, ok)),
+                (0usize..4).prop_map(Ev::Stop),
+                (0usize..4).prop_map(Ev::Start),
+                (0usize..4).prop_map(Ev::Restart),
+                (0usize..4, durations()).prop_map(|(i, d)| Ev::Redefine(i, d)),
+                Just(Ev::StopAll),
+            ]
+        }
+
+        const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn arbitrary_durations_and_clock_jumps(
+                d in proptest::array::uniform5(durations()),
+                d2 in proptest::array::uniform5(durations()),
+                restarts in proptest::array::uniform4(any::<u8>()),
+                events in proptest::collection::vec(event(), 1..120),
+            ) {
+                let policies = vec![
+                    policy_of("a", &[], d, restarts[0]),
+                    policy_of("b", &["a"], d2, restarts[1]),
+                    policy_of("c", &["a", "b"], d, restarts[2]),
+                    policy_of("d", &[], d2, restarts[3]),
+                ];
+                let mut m = Machine::new(policies.clone());
+                let mut pending: std::collections::VecDeque<String> = Default::default();
+                let mut next_pid = 100;
+                let mut now = 0u64;
+                let mut out = m.start(now);
+                for ev in events {
+                    for c in out.drain(..) {
+                        match c {
+                            Cmd::Start(n) => {
+                                prop_assert_eq!(m.get(&n).map(|s| s.state.name()), Some("starting"));
+                                pending.push_back(n);
+                            }
+                            Cmd::Check(n) => {
+                                next_pid += 1;
+                                m.health_started(&n, next_pid, now);
+                            }
+                            _ => {}
+                        }
+                    }
+                    out = match ev {
+                        Ev::Timer(t) => {
+                            now = t;
+                            m.timer(now)
+                        }
+                        Ev::Answer(ok) => match pending.pop_front() {
+                            Some(n) if ok => {
+                                next_pid += 1;
+                                m.started(&n, next_pid, now)
+                            }
+                            Some(n) => m.start_failed(&n, "no", now),
+                            None => Vec::new(),
+                        },
+                        Ev::Exit(i, code) => {
+                            let pid = m.get(NAMES[i]).and_then(|s| s.pid);
+                            match pid {
+                                Some(p) if code < 0 => m.exited(p, Exit::Signal(9), now),
+                                Some(p) => m.exited(p, Exit::Code(code), now),
+                                None => Vec::new(),
+                            }
+                        }
+                        Ev::HealthExit(i, ok) => {
+                            let pid = m.get(NAMES[i]).and_then(|s| s.health.check.map(|c| c.0));
+                            match pid {
+                                Some(p) => m.exited(p, Exit::Code(if ok { 0 } else { 1 }), now),
+                                None => Vec::new(),
+                            }
+                        }
+                        Ev::Stop(i) => m.stop(NAMES[i], now).unwrap_or_default(),
+                        Ev::Start(i) => m.start_one(NAMES[i], now).unwrap_or_default(),
+                        Ev::Restart(i) => m.restart(NAMES[i], now).unwrap_or_default(),
+                        Ev::Redefine(i, dur) => {
+                            let mut p = policies[i].clone();
+                            p.stop_timeout_ms = dur;
+                            p.backoff_initial_ms = dur.max(1);
+                            m.redefine(p, now)
+                        }
+                        Ev::StopAll => m.stop_all(now),
+                    };
+                    // A service in backoff or stopping has its deadline in next_deadline.
+                    let deadline = m.next_deadline();
+                    for s in m.services() {
+                        match s.state {
+                            State::Backoff { until_ms } | State::Stopping { deadline_ms: until_ms, .. } => {
+                                prop_assert!(deadline.is_some_and(|d| d <= until_ms), "{s:?} {deadline:?}");
+                            }
+                            _ => {}
+                        }
+                        if let Some(pid) = s.pid {
+                            prop_assert!(m.owns(pid));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
