@@ -47,6 +47,9 @@ pub struct BootConfig {
     pub kernel_verbose: bool,
     /// Raw disk images, as virtio block devices in this order (`vda`, `vdb`, ...).
     pub disks: Vec<PathBuf>,
+    /// The guest's real-time clock at boot, as QEMU's `-rtc base=` takes it
+    /// (`2026-01-02T03:04:05`, UTC); the host's time when `None`.
+    pub rtc_base: Option<String>,
 }
 
 impl BootConfig {
@@ -64,6 +67,7 @@ impl BootConfig {
             append: Vec::new(),
             kernel_verbose: false,
             disks: Vec::new(),
+            rtc_base: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
         s("-smp"),
         cfg.cpus.to_string(),
     ]);
+    if let Some(base) = &cfg.rtc_base {
+        a.extend([s("-rtc"), format!("base={base}")]);
+    }
     a.extend([s("-serial"), s(serial)]);
     let initramfs = cfg
         .initramfs

@@ -2,6 +2,7 @@
 //! parallel test processes share one build), guests configured for a test, and typed access to
 //! the ready line.
 
+pub mod chrony;
 pub mod worst;
 
 use std::path::PathBuf;
