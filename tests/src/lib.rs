@@ -140,6 +140,34 @@ impl SshKey {
         self.run_as("root", port, cmd, timeout)
     }
 
+    /// Copies the local file `from` to `to` in the console (as root, mode 755), over SSH.
+    pub fn copy_to(&self, port: u16, from: &std::path::Path, to: &str) -> Result<()> {
+        let out = std::process::Command::new("ssh")
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(&self.private)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "root@127.0.0.1",
+                &format!("cat > {to} && chmod 755 {to}"),
+            ])
+            .stdin(std::fs::File::open(from)?)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "copying {} to {to}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// As [`SshKey::run`], logged in as `user`.
     pub fn run_as(&self, user: &str, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;

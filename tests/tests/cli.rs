@@ -56,7 +56,9 @@ fn wait_state(key: &SshKey, port: u16, service: &str, want: &str) -> Result<()> 
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    anyhow::bail!("{service} never became {want}")
+    let (_, status) = ros(key, port, &format!("service status {service}"))?;
+    let (_, logs) = ros(key, port, "logs -n 40")?;
+    anyhow::bail!("{service} never became {want}:\n{status}\n{logs}")
 }
 
 /// The last lines of a service's log, once they contain `want` (30 s at most).
@@ -367,10 +369,13 @@ fn cli(arch: Arch) -> Result<()> {
         SSH,
     )?;
     let merged = ok(&key, port, "config merge /tmp/m.toml")?;
+    // A module the config names is loaded at once (the same path as the boot's).
     ensure!(
-        merged.contains("next boot"),
-        "modules wait for a boot: {merged}"
+        merged.contains("modules loaded: bonding"),
+        "modules load live: {merged}"
     );
+    key.run(port, "test -d /sys/module/bonding", SSH)
+        .context("bonding is not loaded")?;
     ensure!(ok(&key, port, "config get modules")?.contains("bonding"));
     let (code, out) = ros(&key, port, "config merge /tmp/bad.toml")?;
     ensure!(code == 4 && out.contains("hostnme"), "{out}");

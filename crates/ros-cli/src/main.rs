@@ -211,6 +211,16 @@ fn run(cli: &Cli) -> Result<(), u8> {
     })
     .map_err(|e| {
         match e {
+            // The socket is root's alone: the kernel refuses others before the init can.
+            ros_api::ClientError::Connect(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                eprintln!(
+                    "ros: the ros API is for root only (you are uid {})",
+                    current_uid()
+                );
+                return ros_api::ErrorCode::Denied.exit_code();
+            }
             ros_api::ClientError::Connect(e) => eprintln!(
                 "ros: cannot reach the init's API at {}: {e} (is this a ros machine, and is the \
                  API's folder mounted here?)",
@@ -242,6 +252,18 @@ fn run(cli: &Cli) -> Result<(), u8> {
         }
         Reply::Line { .. } => Err(1),
     }
+}
+
+/// The caller's uid, from `/proc/self/status` (no libc call needed for one number).
+fn current_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn action(name: &str, action: ServiceAction) -> Request {

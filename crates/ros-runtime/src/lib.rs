@@ -3,7 +3,8 @@
 //! limits, with capabilities dropped, no_new_privs, a seccomp filter, its own ids and rlimits.
 //! Modelled on the OCI runtime spec: [`Config::from_bundle`] reads a bundle, and the
 //! `ros-runtime run --bundle DIR ID` command runs one, so it can be compared with crun and runc.
-//! The init's supervisor uses [`spawn`] directly.
+//! The init's supervisor uses [`spawn_starting`] directly, and waits for each start on its own
+//! event loop.
 
 pub mod cgroup;
 pub mod config;
@@ -22,4 +23,4 @@ pub use cgroup::Cgroup;
 pub use config::{Capabilities, Config, Namespaces, NsMode, Process, Resources, Rootfs};
 pub use error::{Error, Result};
 pub use seccomp::SeccompConfig;
-pub use spawn::{Container, SpawnOptions, Stdio, spawn};
+pub use spawn::{Container, SpawnOptions, Starting, Stdio, spawn, spawn_starting};

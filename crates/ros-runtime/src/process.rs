@@ -91,25 +91,14 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
             }
         }
     }
-    if p.additional_gids.is_empty() {
-        nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
-    } else {
-        let gids: Vec<nix::unistd::Gid> = p
-            .additional_gids
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&gids).map_err(e("setgroups"))?;
-    }
-    let gid = nix::unistd::Gid::from_raw(p.gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(e("setresgid"))?;
+    ids::setgroups(&p.additional_gids).map_err(e("setgroups"))?;
+    ids::setresgid(p.gid).map_err(e("setresgid"))?;
     let keep_caps = p.uid != 0 && p.capabilities.is_some();
     if keep_caps {
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     }
-    let uid = nix::unistd::Uid::from_raw(p.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(e("setresuid"))?;
+    ids::setresuid(p.uid).map_err(e("setresuid"))?;
     if let Some(c) = &p.capabilities {
         let cs = |set, list: &[Capability], name: &str| {
             caps::set(None, set, &set_of(list))
@@ -188,5 +177,34 @@ mod tests {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
         assert_eq!(resolve("sh", &env).as_deref(), Some("/bin/sh"));
         assert_eq!(resolve("no-such-program-here", &env), None);
+    }
+}
+
+/// The ids of the calling thread, set with the system calls themselves. A container's child is
+/// one thread, but it comes from `clone3` of a caller that may have others (the init's config
+/// worker): libc's `setresuid` and friends then believe there are threads to bring along (musl
+/// signals them and fails with EAGAIN when they do not answer; it was seen in QEMU as
+/// "setresgid: EAGAIN" on every start once the worker existed). The raw calls change only this
+/// thread, which is the whole process.
+pub mod ids {
+    use nix::errno::Errno;
+
+    fn check(r: libc::c_long) -> Result<(), Errno> {
+        if r == -1 { Err(Errno::last()) } else { Ok(()) }
+    }
+
+    pub fn setresuid(uid: u32) -> Result<(), Errno> {
+        // SAFETY: a system call with integer arguments.
+        check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
+    }
+
+    pub fn setresgid(gid: u32) -> Result<(), Errno> {
+        // SAFETY: a system call with integer arguments.
+        check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })
+    }
+
+    pub fn setgroups(gids: &[u32]) -> Result<(), Errno> {
+        // SAFETY: the pointer and length describe `gids`, which outlives the call.
+        check(unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) })
     }
 }

@@ -1,7 +1,9 @@
 //! Starting a container: the cgroup and its limits, then `clone3` with the new namespaces,
 //! straight into the cgroup when the kernel allows (Linux 5.7), and the setup in the child. The
 //! child reports a failure over a pipe that its exec closes, so the parent knows whether the
-//! program started, and why not.
+//! program started, and why not. [`spawn`] waits for that report; [`spawn_starting`] returns as
+//! soon as the child exists, so a caller with an event loop (the init) waits for the report
+//! there instead of blocking through the child's setup ([`Starting`]).
 //!
 //! The child runs Rust code between clone and exec, so the clone holds
 //! [`crate::forksafe::fork_guard`]: a caller with threads must use [`crate::forksafe::ForkSafe`]
@@ -148,7 +150,67 @@ fn clone3_guarded(flags: u64, cgroup_fd: Option<i32>) -> std::io::Result<i32> {
 }
 
 /// Starts the container described by `cfg`.
+/// A container whose first process exists and is setting up (mounts, `pivot_root`, ids,
+/// capabilities, seccomp) until it execs the program. Its report pipe reads end-of-file then;
+/// if the setup fails, the child writes why before it exits.
+#[derive(Debug)]
+pub struct Starting {
+    container: Container,
+    report: OwnedFd,
+}
+
+impl Starting {
+    pub fn pid(&self) -> i32 {
+        self.container.pid
+    }
+
+    pub fn container(&self) -> &Container {
+        &self.container
+    }
+
+    /// Another descriptor of the report pipe's read end, for a caller that waits on it in its
+    /// own event loop and passes what it read to [`Starting::conclude`].
+    pub fn report_fd(&self) -> std::io::Result<OwnedFd> {
+        self.report.try_clone()
+    }
+
+    /// Waits (blocking) for the setup's report, then concludes.
+    pub fn finish(self) -> Result<Container> {
+        let mut report = String::new();
+        let _ = std::fs::File::from(
+            self.report
+                .try_clone()
+                .map_err(|e| Error::Spawn(format!("reading the container's setup report: {e}")))?,
+        )
+        .read_to_string(&mut report);
+        self.conclude(&report, false)
+    }
+
+    /// Concludes from the setup's whole report (read to end-of-file): empty, the program runs;
+    /// otherwise the setup failed, the child is killed and what it left removed, and the report
+    /// is the error. `reaped` says the caller has already collected the child's exit (its pid
+    /// may then belong to another process and is not signalled).
+    pub fn conclude(self, report: &str, reaped: bool) -> Result<Container> {
+        if report.is_empty() {
+            return Ok(self.container);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.container.pid);
+        if !reaped {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        let _ = self.container.destroy(Duration::from_secs(1));
+        Err(Error::Setup(report.to_string()))
+    }
+}
+
+/// Starts a container and waits until its program runs (or its setup fails).
 pub fn spawn(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Container> {
+    spawn_starting(cfg, stdio, opts)?.finish()
+}
+
+/// Starts a container without waiting for its setup: see [`Starting`].
+pub fn spawn_starting(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Starting> {
     cfg.validate()?;
     for mode in [&cfg.namespaces.pid, &cfg.namespaces.user] {
         if matches!(mode, NsMode::Path(_)) {
@@ -189,7 +251,10 @@ pub fn spawn(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Containe
         _ => None,
     };
     match start(cfg, &steps, &programs, stdio, &container, shim.as_ref()) {
-        Ok(pid) => Ok(Container { pid, ..container }),
+        Ok((pid, report)) => Ok(Starting {
+            container: Container { pid, ..container },
+            report,
+        }),
         Err(e) => {
             let _ = container.destroy(Duration::from_secs(1));
             Err(e)
@@ -204,7 +269,7 @@ fn start(
     stdio: Stdio,
     c: &Container,
     shim: Option<&OwnedFd>,
-) -> Result<i32> {
+) -> Result<(i32, OwnedFd)> {
     c.cgroup.apply(&cfg.resources)?;
     let cg_fd = c.cgroup.open()?;
     // The device filter is in place before the container's first instruction, and a filter
@@ -296,12 +361,7 @@ fn start(
     go.write_all(b"g")
         .map_err(|e| Error::Spawn(fail(format!("starting the child: {e}"))))?;
     drop(go);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-    if !msg.is_empty() {
-        return Err(Error::Setup(fail(msg)));
-    }
-    Ok(pid)
+    Ok((pid, err_r))
 }
 
 fn write_id_maps(pid: i32, cfg: &Config) -> std::result::Result<(), String> {
@@ -338,12 +398,10 @@ fn child(
         // The child is still the host's root (uid 0 there), which the map leaves unmapped in
         // the new namespace: files it made would be EOVERFLOW. Becoming the namespace's root
         // makes it the mapped host id.
-        let zero_g = nix::unistd::Gid::from_raw(0);
-        let zero_u = nix::unistd::Uid::from_raw(0);
-        if let Err(e) = nix::unistd::setresgid(zero_g, zero_g, zero_g) {
+        if let Err(e) = crate::process::ids::setresgid(0) {
             return format!("becoming gid 0 in the user namespace: {e}");
         }
-        if let Err(e) = nix::unistd::setresuid(zero_u, zero_u, zero_u) {
+        if let Err(e) = crate::process::ids::setresuid(0) {
             return format!("becoming uid 0 in the user namespace: {e}");
         }
     }

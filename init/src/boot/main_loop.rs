@@ -25,7 +25,7 @@ use crate::platform::kmod::Loader;
 use crate::platform::power::{self, Action};
 use crate::platform::shutdown;
 use crate::platform::sys::RealSys;
-use crate::services::supervisor::Supervisor;
+use crate::services::supervisor::{Spawned, Supervisor};
 
 /// What the rest of the init asks of the main loop.
 #[derive(Debug)]
@@ -149,6 +149,14 @@ async fn next_net_event(net: &mut Option<NetState>) -> Option<ros_net::dhcp::dri
     }
 }
 
+/// The next container setup report, once there is a supervisor.
+async fn next_spawned(sup: &mut Option<Supervisor>) -> Spawned {
+    match sup {
+        Some(s) => s.next_spawned().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl MainLoop {
     pub fn new(
         signals: Signals,
@@ -202,6 +210,11 @@ impl MainLoop {
                 () = recv(&mut sigterm) => self.shutdown(Action::Poweroff, "SIGTERM").await,
                 () = recv(&mut sigint) => self.shutdown(Action::Reboot, "SIGINT (ctrl-alt-del)").await,
                 () = recv(&mut sigpwr) => self.shutdown(Action::Poweroff, "SIGPWR").await,
+                s = next_spawned(&mut self.sup) => self.timed("a container's setup report", |m| {
+                    if let Some(sup) = m.sup.as_mut() {
+                        sup.on_spawned(s, uptime_ms());
+                    }
+                }),
                 Some(ev) = next_net_event(&mut self.net) => self.timed("a lease event", |m| {
                     if let Some(n) = m.net.as_mut() {
                         n.handle(ev);

@@ -25,6 +25,9 @@ use crate::platform::sys::RealSys;
 use crate::platform::{logger, mounts, shutdown, state, uevent};
 use main_loop::{MainLoop, ToMain};
 
+/// How long the boot waits for its containers' setups before the ready line.
+const SERVICES_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The boot timeline.
 #[derive(Debug, Default)]
 pub struct Timeline {
@@ -335,12 +338,18 @@ async fn boot(started: u64) -> ! {
     }
 
     let boot_diff = ros_config::diff::diff(None, &loaded, &m.current.ctx);
-    tl.phase("services", || {
+    tl.phase_async("services", async {
         m.sup =
             crate::services::prepare(&sys, m.loader.as_mut(), state::mounts(&state), &mut errors);
         let notes = apply::services(&boot_diff, &mut m);
         errors.extend(notes.errors);
-    });
+        // The ready line shows the services as their setups ended (the main loop would handle
+        // the reports just the same; this keeps the line meaningful).
+        if let Some(s) = m.sup.as_mut() {
+            s.settle(SERVICES_SETTLE).await;
+        }
+    })
+    .await;
 
     let ready_start = uptime_ms();
     let net = match m.net.as_mut() {

@@ -2,6 +2,7 @@
 //! and device events, the root's move off the initramfs, the syscall seam, power requests and
 //! reaping, the state disk, and the orderly shutdown.
 
+pub mod async_fd;
 pub mod clock;
 pub mod kmod;
 pub mod logger;

@@ -77,20 +77,7 @@ fn open_nonblocking(path: &Path) -> Option<AsyncFd<OwnedFd>> {
         Mode::empty(),
     )
     .ok()?;
-    // SAFETY: the OwnedFd keeps its descriptor open and unchanged for the AsyncFd's life.
-    unsafe { AsyncFd::register(fd) }.ok()
-}
-
-/// Reads from a nonblocking fd; `Ok(0)` is end of file.
-async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        let mut guard = fd.readable().await?;
-        if let Ok(r) =
-            guard.try_io(|f| nix::unistd::read(f.get_ref(), buf).map_err(std::io::Error::from))
-        {
-            return r;
-        }
-    }
+    super::async_fd::register(fd)
 }
 
 /// The device node of the virtio port named `name`, if the port exists.
@@ -136,7 +123,7 @@ async fn watch_control_port(send: impl Fn(Request)) {
             continue;
         };
         loop {
-            match read(&fd, &mut buf).await {
+            match super::async_fd::read(&fd, &mut buf).await {
                 // The host side is not connected: wait for it.
                 Ok(0) | Err(_) => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -180,7 +167,7 @@ async fn watch_power_button(send: impl Fn(Request) + Clone) {
         let send = send.clone();
         tasks.push(async move {
             let mut ev = [0u8; 24];
-            while let Ok(n) = read(&fd, &mut ev).await {
+            while let Ok(n) = super::async_fd::read(&fd, &mut ev).await {
                 if n == 0 {
                     break;
                 }

@@ -138,6 +138,7 @@ async fn stop_services(sup: &mut Supervisor) {
         for s in reap() {
             sup.on_exit(s, now());
         }
+        sup.poll_spawned(now());
         sup.on_timer(now());
         if sup.all_stopped() {
             break;

@@ -2,12 +2,13 @@
 //! memory (for `ros service logs`) and in `<logs>/services/<name>.log`, rotated.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ros_logstore::LogFile;
-use tokio::io::unix::AsyncFd;
+
+use crate::platform::async_fd;
 
 /// The ring keeps this many lines of a service.
 pub const RING_LINES: usize = 1000;
@@ -59,37 +60,16 @@ impl ServiceLog {
 
 /// Reads `fd` (a pipe's read end) line by line into `log` until the writer side closes.
 pub fn capture(fd: OwnedFd, stream: &'static str, log: Shared) {
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0);
-    let _ = nix::fcntl::fcntl(
-        &fd,
-        nix::fcntl::FcntlArg::F_SETFL(
-            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-        ),
-    );
-    // SAFETY: the OwnedFd keeps its descriptor open and unchanged for the AsyncFd's life.
-    let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else {
+    let Some(afd) = async_fd::register(fd) else {
         return;
     };
     tokio::spawn(async move {
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let Ok(mut guard) = afd.readable().await else {
-                break;
-            };
-            let r = guard.try_io(|f| {
-                // SAFETY: buf is valid for writes of its length.
-                let n = unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(usize::try_from(n).unwrap_or(0))
-                }
-            });
-            let n = match r {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => n,
-                Err(_would_block) => continue,
+            let n = match async_fd::read(&afd, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
             };
             pending.extend_from_slice(&buf[..n]);
             while let Some(i) = pending.iter().position(|b| *b == b'\n') {

@@ -167,6 +167,11 @@ impl Svc {
     pub fn health(&self) -> Option<HealthStatus> {
         self.policy.health.as_ref().map(|_| self.health.status)
     }
+
+    /// The process of the health check running now, if one is.
+    pub fn health_check_pid(&self) -> Option<i32> {
+        self.health.check.map(|(pid, _)| pid)
+    }
 }
 
 /// A command to the executor.
@@ -309,11 +314,43 @@ impl Machine {
         out
     }
 
-    /// The container of `name` runs as `pid`.
+    /// The container of `name` exists as `pid` and is setting up (the start's outcome comes
+    /// later, as [`Machine::started`] or [`Machine::start_failed`]). A stop meanwhile signals
+    /// it.
+    pub fn spawned(&mut self, name: &str, pid: i32) {
+        if let Some(s) = self.svcs.get_mut(name)
+            && s.state == State::Starting
+        {
+            s.pid = Some(pid);
+        }
+    }
+
+    /// The container of `name` runs its program as `pid`.
     pub fn started(&mut self, name: &str, pid: i32, now: u64) -> Vec<Cmd> {
         let Some(s) = self.svcs.get_mut(name) else {
             return Vec::new();
         };
+        match s.state {
+            State::Starting => {}
+            State::Stopping { .. } => {
+                // Stopped while it was setting up: it has been signalled; its exit ends it.
+                s.pid = Some(pid);
+                s.started_ms = now;
+                return vec![Cmd::Note(format!(
+                    "service {name} started (pid {pid}) while stopping"
+                ))];
+            }
+            _ => {
+                // Given up on while it set up (it outlived SIGKILL's grace): it must not run.
+                s.pid = Some(pid);
+                return vec![
+                    Cmd::Note(format!(
+                        "service {name} started (pid {pid}) after it was counted stopped; killing it"
+                    )),
+                    Cmd::Kill(name.to_string()),
+                ];
+            }
+        }
         s.state = State::Running;
         s.pid = Some(pid);
         s.started_ms = now;
@@ -340,6 +377,27 @@ impl Machine {
         let mut out = vec![Cmd::Note(format!(
             "service {name} failed to start: {error}"
         ))];
+        if let Some(s) = self.svcs.get_mut(name) {
+            s.pid = None;
+            if !matches!(s.state, State::Starting | State::Stopping { .. }) {
+                // Counted stopped already (it outlived SIGKILL's grace): stays so.
+                out.push(Cmd::Cleanup(name.to_string()));
+                return out;
+            }
+            if matches!(s.state, State::Stopping { .. }) {
+                // Stopped while it was setting up, and the setup failed: stopped.
+                s.state = State::Stopped;
+                out.push(Cmd::Cleanup(name.to_string()));
+                if std::mem::take(&mut s.restart_after_stop) && !self.stopping {
+                    s.state = State::Waiting;
+                    s.backoff_ms = s.policy.backoff_initial_ms;
+                    out.extend(self.schedule(now));
+                } else {
+                    out.extend(self.stop_ready(now));
+                }
+                return out;
+            }
+        }
         let restart = match self.svcs.get(name) {
             Some(s) => s.policy.restart != Restart::No && !self.stopping,
             None => return Vec::new(),
@@ -401,6 +459,11 @@ impl Machine {
         s.pid = None;
         s.last_exit = Some(exit);
         s.health.check = None;
+        if s.state == State::Stopped {
+            // Counted stopped when it outlived SIGKILL's grace; this is its late exit.
+            out.push(Cmd::Note(format!("service {name} ended at last ({exit})")));
+            return out;
+        }
         if self.stopping || matches!(s.state, State::Stopping { .. }) {
             s.state = State::Stopped;
             out.push(Cmd::Note(format!("service {name} stopped ({exit})")));
@@ -1002,6 +1065,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_while_the_container_sets_up() {
+        let mut m = Machine::new(vec![policy("web", &[]), policy("api", &["web"])]);
+        assert_eq!(starts(&m.start(0)), ["web"]);
+        m.spawned("web", 10);
+        // Stopped mid-setup: signalled, and its start does not make it run.
+        assert_eq!(signals(&m.stop("web", 5).expect("stop")), ["web"]);
+        let c = m.started("web", 10, 6);
+        assert!(starts(&c).is_empty(), "no dependent starts: {c:?}");
+        assert_eq!(m.get("web").map(|s| s.state.name()), Some("stopping"));
+        assert!(starts(&m.exited(10, Exit::Signal(15), 7)).is_empty());
+        assert_eq!(m.get("web").map(|s| s.state.name()), Some("stopped"));
+        // Restarted mid-setup, and the setup fails: it starts again, not in backoff.
+        assert_eq!(starts(&m.start_one("web", 10).expect("start")), ["web"]);
+        m.spawned("web", 11);
+        assert_eq!(signals(&m.restart("web", 11).expect("restart")), ["web"]);
+        assert_eq!(starts(&m.start_failed("web", "mount failed", 12)), ["web"]);
+        assert_eq!(m.get("web").and_then(|s| s.pid), None);
+        // The machine stopping mid-setup: signalled, then stopped by the failed setup.
+        m.spawned("web", 12);
+        assert_eq!(signals(&m.stop_all(20)), ["web"]);
+        m.start_failed("web", "killed", 21);
+        assert!(m.all_stopped());
+    }
+
+    #[test]
     fn a_service_in_backoff_starts_at_once_when_asked() {
         let mut m = Machine::new(vec![policy("crash", &[])]);
         m.start(0);
@@ -1131,7 +1219,7 @@ mod tests {
                     policy_of("d", &[], d2, restarts[3]),
                 ];
                 let mut m = Machine::new(policies.clone());
-                let mut pending: std::collections::VecDeque<String> = Default::default();
+                let mut pending: std::collections::VecDeque<(String, i32)> = Default::default();
                 let mut next_pid = 100;
                 let mut now = 0u64;
                 let mut out = m.start(now);
@@ -1140,7 +1228,10 @@ mod tests {
                         match c {
                             Cmd::Start(n) => {
                                 prop_assert_eq!(m.get(&n).map(|s| s.state.name()), Some("starting"));
-                                pending.push_back(n);
+                                // The container exists at once; its setup's outcome comes later.
+                                next_pid += 1;
+                                m.spawned(&n, next_pid);
+                                pending.push_back((n, next_pid));
                             }
                             Cmd::Check(n) => {
                                 next_pid += 1;
@@ -1155,15 +1246,24 @@ mod tests {
                             m.timer(now)
                         }
                         Ev::Answer(ok) => match pending.pop_front() {
-                            Some(n) if ok => {
-                                next_pid += 1;
-                                m.started(&n, next_pid, now)
+                            Some((n, pid)) if ok => {
+                                let before = m.get(&n).map(|s| s.state.name());
+                                prop_assert!(
+                                    matches!(before, Some("starting" | "stopping" | "stopped")),
+                                    "{n} answered in state {before:?}"
+                                );
+                                m.started(&n, pid, now)
                             }
-                            Some(n) => m.start_failed(&n, "no", now),
+                            Some((n, _)) => m.start_failed(&n, "no", now),
                             None => Vec::new(),
                         },
                         Ev::Exit(i, code) => {
-                            let pid = m.get(NAMES[i]).and_then(|s| s.pid);
+                            // The executor holds back the exit of a container still setting up
+                            // until its start's outcome is known.
+                            let pid = m
+                                .get(NAMES[i])
+                                .filter(|_| !pending.iter().any(|(n, _)| n == NAMES[i]))
+                                .and_then(|s| s.pid);
                             match pid {
                                 Some(p) if code < 0 => m.exited(p, Exit::Signal(9), now),
                                 Some(p) => m.exited(p, Exit::Code(code), now),
