@@ -112,16 +112,14 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 
 /// The current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_utc() -> String {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    // time_t is i64 on the 64-bit targets ros builds for, but not on every target.
-    #[allow(clippy::useless_conversion)]
-    let secs = i64::from(ts.tv_sec);
-    format_utc(secs, u32::try_from(ts.tv_nsec / 1_000_000).unwrap_or(0))
+    // A clock before 1970 (a machine without an RTC, before NTP) reads as the epoch.
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format_utc(
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        d.subsec_millis(),
+    )
 }
 
 /// Formats seconds since the epoch (UTC) and milliseconds.

@@ -70,6 +70,7 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         }
     }
     // Whatever the runtime's own process ignored or blocked, the program starts with defaults.
+    // By number, not nix's Signal: that enum has no real-time signals (32-64).
     for sig in 1..=64 {
         // SAFETY: resetting a disposition to SIG_DFL; invalid signal numbers just fail.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
@@ -95,8 +96,7 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
     ids::setresgid(p.gid).map_err(e("setresgid"))?;
     let keep_caps = p.uid != 0 && p.capabilities.is_some();
     if keep_caps {
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        nix::sys::prctl::set_keepcaps(true).map_err(e("keeping capabilities"))?;
     }
     ids::setresuid(p.uid).map_err(e("setresuid"))?;
     if let Some(c) = &p.capabilities {
@@ -116,10 +116,7 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         }
     }
     if p.no_new_privileges {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
-        }
+        nix::sys::prctl::set_no_new_privs().map_err(e("no_new_privs"))?;
         crate::seccomp::apply(seccomp).map_err(|err| err.to_string())?;
     }
     if cfg.init {

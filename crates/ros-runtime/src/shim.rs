@@ -70,14 +70,14 @@ fn run(child: Pid) -> ! {
     let _ = all.thread_block();
     // A namespace's init drops a signal whose disposition is the default when it is sent, even
     // while blocked; with a handler (never run: they stay blocked) it stays pending for sigwait.
+    // By number, not nix's Signal: that enum has no real-time signals (32-64).
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             // SAFETY: noop is an extern "C" handler doing nothing.
             unsafe { libc::signal(sig, noop as *const () as libc::sighandler_t) };
         }
     }
-    // SAFETY: prctl with a pointer to a NUL-terminated name.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"ros-shim".as_ptr(), 0, 0, 0) };
+    let _ = nix::sys::prctl::set_name(c"ros-shim");
     loop {
         // Reap first: the program may have ended before the handlers above were in place (its
         // SIGCHLD then was dropped).

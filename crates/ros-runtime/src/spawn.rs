@@ -410,16 +410,15 @@ fn child(
             return format!("joining a {kind:?} namespace: {e}");
         }
     }
-    for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
-        if let Some(fd) = fd {
-            // SAFETY: dup2 onto a standard stream number; fd is owned and valid.
-            if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-                return format!(
-                    "redirecting fd {target}: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
+    let redirect = |fd: Option<OwnedFd>, dup: fn(OwnedFd) -> nix::Result<()>, name: &str| {
+        fd.map_or(Ok(()), dup)
+            .map_err(|e| format!("redirecting {name}: {e}"))
+    };
+    let redirected = redirect(stdio.stdin, nix::unistd::dup2_stdin::<OwnedFd>, "stdin")
+        .and_then(|()| redirect(stdio.stdout, nix::unistd::dup2_stdout::<OwnedFd>, "stdout"))
+        .and_then(|()| redirect(stdio.stderr, nix::unistd::dup2_stderr::<OwnedFd>, "stderr"));
+    if let Err(e) = redirected {
+        return e;
     }
     if let Err(e) = setup::apply(steps) {
         return e;

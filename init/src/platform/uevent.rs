@@ -2,7 +2,12 @@
 //! their `MODALIAS`. Module loading listens here instead of rescanning sysfs after each round:
 //! the events of devices revealed by a module are queued before `finit_module` returns.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, setsockopt,
+    socket, sockopt,
+};
 
 /// A socket subscribed to the kernel's uevents.
 #[derive(Debug)]
@@ -12,46 +17,20 @@ pub struct Uevents {
 
 impl Uevents {
     pub fn open() -> std::io::Result<Uevents> {
-        // SAFETY: socket takes no pointers; the new fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_KOBJECT_UEVENT,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: raw is a new fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // A module can add many devices at once: make room so none is dropped (root may force it).
-        let size: libc::c_int = 1 << 20;
-        // SAFETY: the option value is a c_int that lives for the call.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                u32::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
-            );
-        }
-        // SAFETY: sockaddr_nl is plain old data; all zeroes is valid.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(16);
-        addr.nl_groups = 1; // the kernel's group
-        // SAFETY: addr is a valid sockaddr_nl of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                u32::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or(12),
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        )?;
+        // A module can add many devices at once: make room so none is dropped (root may force
+        // it). A smaller buffer still works, so a refusal is not an error.
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &(1 << 20));
+        // Group 1: the kernel's events.
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &NetlinkAddr::new(0, 1),
+        )?;
         Ok(Uevents { fd })
     }
 
@@ -60,16 +39,14 @@ impl Uevents {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
-            // SAFETY: buf is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let Ok(n) = usize::try_from(n) else {
-                return out;
-            };
-            if n == 0 {
-                return out;
+            match recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                &mut buf,
+                MsgFlags::empty(),
+            ) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => out.extend(add_modalias(&buf[..n])),
             }
-            out.extend(add_modalias(&buf[..n]));
         }
     }
 }

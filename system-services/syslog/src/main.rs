@@ -142,16 +142,20 @@ fn run(socket: PathBuf, kmsg: PathBuf, dir: PathBuf) -> std::io::Result<()> {
 }
 
 extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe; nothing is buffered (log lines are written at once).
+    // SAFETY: _exit is async-signal-safe (nix has no wrapper for it); nothing is buffered
+    // (log lines are written at once).
     unsafe { libc::_exit(0) }
 }
 
 /// As PID 1 of its container, the service gets only the signals it handles: without this, its
 /// stop signal would be ignored and the supervisor would have to kill it.
 fn handle_stop_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: on_term is an extern "C" handler that only calls _exit.
-        unsafe { libc::signal(sig, on_term as *const () as libc::sighandler_t) };
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: on_term only calls _exit, which is async-signal-safe.
+        if let Err(e) = unsafe { signal(sig, SigHandler::Handler(on_term)) } {
+            eprintln!("ros-syslog: cannot handle {sig}: {e}");
+        }
     }
 }
 

@@ -97,6 +97,8 @@ fuzz_target!(|input: Input| {
                 m.timer(now)
             }
             Ev::Answer(ok) => match pending.pop_front() {
+                // The executor removes a container the service has moved on from.
+                Some((n, pid)) if m.get(&n).and_then(|s| s.pid) != Some(pid) => Vec::new(),
                 Some((n, pid)) if ok => m.started(&n, pid, now),
                 Some((n, _)) => m.start_failed(&n, "setup failed", now),
                 None => Vec::new(),

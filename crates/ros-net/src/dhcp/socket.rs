@@ -5,10 +5,11 @@
 //! grace period (`packet_release` calls `synchronize_net`), about 10 ms under emulation, and with
 //! its filter an idle one costs nothing.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
+use socket2::{Domain, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -16,13 +17,16 @@ const ETH_P_IP: u16 = 0x0800;
 /// A datagram packet socket on one interface, for IPv4.
 #[derive(Debug)]
 pub struct PacketSocket {
-    fd: AsyncFd<OwnedFd>,
-    ifindex: i32,
+    sock: AsyncFd<Socket>,
+    broadcast: SockAddr,
 }
 
-fn sockaddr(ifindex: i32, broadcast: bool) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+/// The link-layer address of `ifindex` for IPv4: the interface itself, or its broadcast.
+fn link_addr(ifindex: i32, broadcast: bool) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: the storage is large enough and suitably aligned for any socket address, and
+    // zeroed, which is a valid sockaddr_ll.
+    let sll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
     sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(17);
     sll.sll_protocol = ETH_P_IP.to_be();
     sll.sll_ifindex = ifindex;
@@ -30,21 +34,15 @@ fn sockaddr(ifindex: i32, broadcast: bool) -> libc::sockaddr_ll {
         sll.sll_halen = 6;
         sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     }
-    sll
-}
-
-fn check(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    let len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(20);
+    // SAFETY: the storage holds an initialised sockaddr_ll of that length.
+    unsafe { SockAddr::new(storage, len) }
 }
 
 /// A classic BPF program that keeps IPv4 UDP datagrams to port 68 that are not fragments (the
 /// socket delivers from the IP header on).
-fn udp68_filter() -> [libc::sock_filter; 9] {
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+fn udp68_filter() -> [SockFilter; 9] {
+    let op = SockFilter::new;
     [
         op(0x30, 0, 0, 9),           // ldb [9]           protocol
         op(0x15, 0, 6, 17),          // jeq #17 (UDP)     else drop
@@ -65,65 +63,22 @@ impl PacketSocket {
         // Protocol 0 here and ETH_P_IP at bind: a socket made with a protocol is hooked on every
         // interface at once, and binding it to one unhooks it first, which waits for an RCU grace
         // period (measured 10-12 ms under emulation).
-        // SAFETY: socket takes no pointers; the fd it returns is owned below.
-        let raw = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        })?;
-        // SAFETY: raw is a new, valid fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let filter = udp68_filter();
-        let prog = libc::sock_fprog {
-            len: u16::try_from(filter.len()).unwrap_or(0),
-            filter: filter.as_ptr().cast_mut(),
-        };
-        // SAFETY: prog points at `filter`, alive for the call; the kernel copies the program.
-        check(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&raw const prog).cast(),
-                u32::try_from(std::mem::size_of::<libc::sock_fprog>()).unwrap_or(0),
-            )
-        })?;
-        let sll = sockaddr(ifindex, false);
-        // SAFETY: sll is a valid sockaddr_ll of the size passed.
-        check(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast(),
-                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
-            )
-        })?;
-        // SAFETY: an OwnedFd keeps its descriptor open and unchanged until it is dropped with
-        // the AsyncFd that owns it.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        Ok(PacketSocket { fd, ifindex })
+        let sock = Socket::new(Domain::PACKET, Type::DGRAM.nonblocking().cloexec(), None)?;
+        sock.attach_filter(&udp68_filter())?;
+        sock.bind(&link_addr(ifindex, false))?;
+        // SAFETY: the Socket owns its descriptor, open and unchanged for the AsyncFd's life.
+        let sock = unsafe { AsyncFd::register(sock) }?;
+        Ok(PacketSocket {
+            sock,
+            broadcast: link_addr(ifindex, true),
+        })
     }
 
     /// Sends an IPv4 packet to the link's broadcast address.
     pub async fn send_broadcast(&self, packet: &[u8]) -> io::Result<()> {
-        let sll = sockaddr(self.ifindex, true);
         loop {
-            let mut guard = self.fd.writable().await?;
-            let r = guard.try_io(|fd| {
-                // SAFETY: packet and sll are valid for the lengths passed.
-                check(unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&raw const sll).cast(),
-                        u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
-                    ) as libc::c_int
-                })
-            });
-            if let Ok(r) = r {
+            let mut guard = self.sock.writable().await?;
+            if let Ok(r) = guard.try_io(|s| s.get_ref().send_to(packet, &self.broadcast)) {
                 return r.map(|_| ());
             }
         }
@@ -132,18 +87,8 @@ impl PacketSocket {
     /// Receives one IPv4 packet.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            let r = guard.try_io(|fd| {
-                // SAFETY: buf is valid for writes of its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(usize::try_from(n).unwrap_or(0))
-                }
-            });
-            if let Ok(r) = r {
+            let mut guard = self.sock.readable().await?;
+            if let Ok(r) = guard.try_io(|s| s.get_ref().read(buf)) {
                 return r;
             }
         }

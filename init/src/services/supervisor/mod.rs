@@ -47,8 +47,9 @@ pub struct Supervisor {
     /// Groups of ended containers that still had processes (being killed): removed later, off
     /// the main loop's hot path.
     leftovers: Vec<ros_runtime::Cgroup>,
-    /// Containers setting up, by service, with an exit reaped before their outcome was known.
-    starting: BTreeMap<String, (Starting, Option<WaitStatus>)>,
+    /// Containers setting up, by pid: the service, the container, and an exit reaped before
+    /// the setup's outcome was known.
+    starting: BTreeMap<i32, (String, Starting, Option<WaitStatus>)>,
     spawned_tx: mpsc::UnboundedSender<Spawned>,
     spawned_rx: mpsc::UnboundedReceiver<Spawned>,
 }
@@ -183,7 +184,7 @@ impl Supervisor {
         let Some((pid, exit)) = exit_of(status) else {
             return false;
         };
-        if let Some((_, held)) = self.starting.values_mut().find(|(s, _)| s.pid() == pid) {
+        if let Some((_, _, held)) = self.starting.get_mut(&pid) {
             // Still setting up as far as we know: its report decides what this exit means.
             *held = Some(status);
             return true;
@@ -205,14 +206,25 @@ impl Supervisor {
 
     /// A container's setup report: the service runs, or failed to start.
     pub fn on_spawned(&mut self, s: Spawned, now: u64) {
-        let Some((starting, held)) = self.starting.remove(&s.name) else {
+        let pid = s.pid;
+        let Some((name, starting, held)) = self.starting.remove(&pid) else {
             return;
         };
-        if starting.pid() != s.pid {
-            self.starting.insert(s.name, (starting, held));
+        if self.machine.get(&name).and_then(|x| x.pid) != Some(pid) {
+            // The service moved on while this one set up (given up as stopped, then started
+            // anew): this container must not run.
+            log::info!("service {name}: an abandoned container (pid {pid}) is removed");
+            if let Ok(c) = starting.conclude(&s.report, held.is_some()) {
+                if held.is_none() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                if let Some(cg) = c.release() {
+                    self.leftovers.push(cg);
+                }
+            }
             return;
         }
-        let pid = s.pid;
+        let s = Spawned { name, ..s };
         let cmds = match starting.conclude(&s.report, held.is_some()) {
             Ok(container) => {
                 self.containers.insert(s.name.clone(), container);
@@ -242,7 +254,7 @@ impl Supervisor {
             match tokio::time::timeout_at(deadline, self.spawned_rx.recv()).await {
                 Ok(Some(s)) => self.on_spawned(s, crate::platform::clock::uptime_ms()),
                 Ok(None) | Err(_) => {
-                    let names: Vec<&String> = self.starting.keys().collect();
+                    let names: Vec<&String> = self.starting.values().map(|(n, _, _)| n).collect();
                     log::warn!(
                         "services still setting up after {} s: {names:?}",
                         timeout.as_secs()
@@ -374,10 +386,12 @@ impl Supervisor {
                     }
                 }
                 Cmd::Kill(name) => {
-                    let c = self
-                        .containers
-                        .get(&name)
-                        .or_else(|| self.starting.get(&name).map(|(s, _)| s.container()));
+                    let c = self.containers.get(&name).or_else(|| {
+                        self.starting
+                            .values()
+                            .find(|(n, _, _)| *n == name)
+                            .map(|(_, s, _)| s.container())
+                    });
                     if let Some(c) = c {
                         let _ = std::fs::write(c.cgroup.path.join("cgroup.kill"), "1");
                         if c.pid > 0 {
@@ -507,7 +521,8 @@ impl Supervisor {
                 return Ok(pid);
             }
         };
-        self.starting.insert(name.to_string(), (starting, None));
+        self.starting
+            .insert(pid, (name.to_string(), starting, None));
         let tx = self.spawned_tx.clone();
         let name = name.to_string();
         tokio::spawn(async move {
