@@ -3,6 +3,7 @@
 //! the ready line.
 
 pub mod chrony;
+pub mod flood;
 pub mod worst;
 
 use std::path::PathBuf;

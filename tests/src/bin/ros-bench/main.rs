@@ -1,4 +1,5 @@
-//! `ros-bench`: the benchmarks (`runtime`, `boot`, `services`, `storage`; see BENCHMARKS.md).
+//! `ros-bench`: the benchmarks (`runtime`, `boot`, `services`, `storage`, `config`, `flood`;
+//! see BENCHMARKS.md).
 //! `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
 //! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
 //! prints the medians: what ros's init costs from its start to the ready line (absolute, and as a
@@ -9,6 +10,7 @@
 #![allow(clippy::print_stdout)]
 
 mod config;
+mod flood;
 mod runtime;
 mod services;
 
@@ -58,13 +60,23 @@ enum Cli {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// The service images' layers as erofs images (the default) against plain folders in the
+    /// The service images' layers as erofs images against plain folders (the default) in the
     /// initramfs: size, boot time, services phase, free memory.
     Storage {
         #[arg(long, value_enum)]
         arch: Arch,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Root's `ros status` in a guest alone and through a flood of non-root connections and a
+    /// slow sender, with PID 1's reaping delay, memory and longest main-loop turn.
+    Flood {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
     },
 }
 
@@ -151,6 +163,11 @@ fn main() -> Result<()> {
         } => return services::many(arch, count, runs, memory),
         Cli::Storage { arch, runs } => return services::storage(arch, runs),
         Cli::Config { runs } => return config::bench(runs),
+        Cli::Flood {
+            arch,
+            runs,
+            seconds,
+        } => return flood::bench(arch, runs, seconds),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;
