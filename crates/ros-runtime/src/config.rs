@@ -90,6 +90,20 @@ pub struct Process {
     /// (resource, soft, hard)
     pub rlimits: Vec<(libc::c_int, u64, u64)>,
     pub no_new_privileges: bool,
+    /// Written to `/proc/self/oom_score_adj` before the program runs.
+    pub oom_score_adj: Option<i32>,
+    /// The program gets a new terminal as its standard streams (`process.terminal`).
+    pub terminal: bool,
+    /// An AppArmor profile or SELinux label to exec under; refused where that LSM is off.
+    pub lsm: Option<Lsm>,
+    pub umask: Option<u32>,
+}
+
+/// A security module's label for the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lsm {
+    AppArmor(String),
+    SeLinux(String),
 }
 
 /// cgroup v2 limits; none means no limit set.
@@ -106,11 +120,52 @@ pub struct Resources {
     pub unified: Vec<(String, String)>,
 }
 
-/// A character or a block device.
+impl Resources {
+    /// The limits of an OCI `linux.resources` (also `ros-runtime update --resources`).
+    pub fn from_oci(res: &oci_spec::runtime::LinuxResources) -> Resources {
+        Resources {
+            memory_max: res.memory().as_ref().and_then(|m| m.limit()),
+            memory_swap_max: res
+                .memory()
+                .as_ref()
+                .and_then(|m| m.swap())
+                .and_then(|swap| {
+                    // OCI's swap is memory+swap; cgroup v2's memory.swap.max is swap alone.
+                    let mem = res.memory().as_ref().and_then(|m| m.limit())?;
+                    (swap >= mem).then_some(swap - mem)
+                }),
+            pids_max: res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0),
+            cpu_max: res
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.quota().map(|q| (q, c.period().unwrap_or(100_000)))),
+            cpu_weight: res
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.shares())
+                .map(shares_to_weight),
+            io_weight: res
+                .block_io()
+                .as_ref()
+                .and_then(|b| b.weight())
+                .map(|w| blkio_to_io_weight(u64::from(w))),
+            unified: res
+                .unified()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A character or a block device, or a FIFO (a node the spec lists among devices, which the
+/// device filter does not concern).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     Char,
     Block,
+    Fifo,
 }
 
 /// What may be done with a device: read it, write it, make its node.
@@ -155,6 +210,9 @@ pub struct Device {
     pub mode: u32,
     /// What the container may do with it (the device filter allows this).
     pub access: Access,
+    /// Its owner in the container, when the spec gives one.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// A rule of the device filter: which devices (`None`: any), allowed or denied, for what.
@@ -176,6 +234,8 @@ pub fn default_devices() -> Vec<Device> {
         minor,
         mode: 0o666,
         access: Access::ALL,
+        uid: None,
+        gid: None,
     };
     vec![
         d("/dev/null", 1, 3),
@@ -199,13 +259,18 @@ pub fn default_device_rules(devices: &[Device]) -> Vec<DeviceRule> {
         access: Access::READ_WRITE,
     };
     let mut rules = vec![char_rw(5, Some(1)), char_rw(5, Some(2)), char_rw(136, None)];
-    rules.extend(devices.iter().map(|d| DeviceRule {
-        allow: true,
-        kind: Some(d.kind),
-        major: u32::try_from(d.major).ok(),
-        minor: u32::try_from(d.minor).ok(),
-        access: d.access,
-    }));
+    rules.extend(
+        devices
+            .iter()
+            .filter(|d| d.kind != DeviceKind::Fifo)
+            .map(|d| DeviceRule {
+                allow: true,
+                kind: Some(d.kind),
+                major: u32::try_from(d.major).ok(),
+                minor: u32::try_from(d.minor).ok(),
+                access: d.access,
+            }),
+    );
     rules
 }
 
@@ -306,6 +371,12 @@ pub struct Config {
     /// Run a minimal init as PID 1 that passes signals on and reaps orphans (as `docker run
     /// --init`); see [`crate::process`].
     pub init: bool,
+    /// The OCI hooks (only the lifecycle of `ros-runtime create`/`start`/`delete` runs them).
+    pub hooks: crate::hooks::Hooks,
+    /// The propagation of the container's root (`linux.rootfsPropagation`); none: private.
+    pub rootfs_propagation: Option<nix::mount::MsFlags>,
+    /// Descriptors after the standard streams (3, 4, ...) the program keeps.
+    pub preserve_fds: u32,
 }
 
 /// The mounts every container gets (runc's defaults): `/proc`, `/dev` and what goes in it,
@@ -371,7 +442,8 @@ pub fn default_mounts() -> Vec<MountSpec> {
     ]
 }
 
-fn id_ok(id: &str) -> Result<()> {
+/// Checks a container id: 1-128 letters, digits, `-`, `_`, `.`, not starting with `.`.
+pub fn check_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -390,8 +462,8 @@ fn id_ok(id: &str) -> Result<()> {
 impl Config {
     /// Checks what the setup relies on.
     pub fn validate(&self) -> Result<()> {
-        id_ok(&self.id)?;
-        if self.namespaces.mount != NsMode::New {
+        check_id(&self.id)?;
+        if self.namespaces.mount == NsMode::Host {
             return Err(Error::Config(
                 "a container needs a new mount namespace".into(),
             ));
@@ -437,6 +509,8 @@ impl Config {
 
     /// Builds the config of an OCI spec whose relative paths are relative to `bundle`.
     pub fn from_spec(id: &str, bundle: &Path, spec: &Spec) -> Result<Config> {
+        check_version(spec.version())?;
+        check_unsupported(spec)?;
         let root = spec
             .root()
             .as_ref()
@@ -511,72 +585,8 @@ impl Config {
             })
             .collect();
 
-        let capabilities = process.capabilities().as_ref().map(|c| {
-            let conv = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<caps::Capability> {
-                // oci-spec displays `CAP_KILL` as `KILL`.
-                let mut v: Vec<caps::Capability> = set
-                    .iter()
-                    .flatten()
-                    .filter_map(|cap| format!("CAP_{cap}").parse::<caps::Capability>().ok())
-                    .collect();
-                v.sort_unstable_by_key(|c| c.index());
-                v
-            };
-            Capabilities {
-                bounding: conv(c.bounding()),
-                effective: conv(c.effective()),
-                permitted: conv(c.permitted()),
-                inheritable: conv(c.inheritable()),
-                ambient: conv(c.ambient()),
-            }
-        });
-
-        let rlimits = process
-            .rlimits()
-            .iter()
-            .flatten()
-            .map(|r| {
-                let res = rlimit_resource(&format!("{:?}", r.typ()))
-                    .ok_or_else(|| Error::Config(format!("unknown rlimit {:?}", r.typ())))?;
-                Ok((res, r.soft(), r.hard()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let user = process.user();
         let res = linux.resources().clone().unwrap_or_default();
-        let resources = Resources {
-            memory_max: res.memory().as_ref().and_then(|m| m.limit()),
-            memory_swap_max: res
-                .memory()
-                .as_ref()
-                .and_then(|m| m.swap())
-                .and_then(|swap| {
-                    // OCI's swap is memory+swap; cgroup v2's memory.swap.max is swap alone.
-                    let mem = res.memory().as_ref().and_then(|m| m.limit())?;
-                    (swap >= mem).then_some(swap - mem)
-                }),
-            pids_max: res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0),
-            cpu_max: res
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.quota().map(|q| (q, c.period().unwrap_or(100_000)))),
-            cpu_weight: res
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.shares())
-                .map(shares_to_weight),
-            io_weight: res
-                .block_io()
-                .as_ref()
-                .and_then(|b| b.weight())
-                .map(|w| blkio_to_io_weight(u64::from(w))),
-            unified: res
-                .unified()
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
+        let resources = Resources::from_oci(&res);
         let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
             m.iter()
                 .flatten()
@@ -594,9 +604,10 @@ impl Config {
             let kind = match d.typ() {
                 T::C | T::U => DeviceKind::Char,
                 T::B => DeviceKind::Block,
+                T::P => DeviceKind::Fifo,
                 other => {
                     return Err(Error::Config(format!(
-                        "device {path}: type {other:?} is not supported (only c, u and b)"
+                        "device {path}: type {other:?} is not supported (only c, u, b and p)"
                     )));
                 }
             };
@@ -608,6 +619,8 @@ impl Config {
                 minor: u64::try_from(d.minor()).unwrap_or(0),
                 mode: d.file_mode().unwrap_or(0o666),
                 access: Access::ALL,
+                uid: d.uid(),
+                gid: d.gid(),
             });
         }
         // The bundle's rules in order (the last that matches decides), then its devices;
@@ -681,17 +694,7 @@ impl Config {
             device_rules: Some(device_rules),
             nodev_root: false,
             dev_symlinks: Vec::new(),
-            process: Process {
-                args: process.args().clone().unwrap_or_default(),
-                env: process.env().clone().unwrap_or_default(),
-                cwd: process.cwd().display().to_string(),
-                uid: user.uid(),
-                gid: user.gid(),
-                additional_gids: user.additional_gids().clone().unwrap_or_default(),
-                capabilities,
-                rlimits,
-                no_new_privileges: process.no_new_privileges().unwrap_or(false),
-            },
+            process: Process::from_oci(process)?,
             cgroup_path: linux
                 .cgroups_path()
                 .clone()
@@ -708,10 +711,177 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             init: annotation(INIT_ANNOTATION),
+            preserve_fds: 0,
+            rootfs_propagation: linux
+                .rootfs_propagation()
+                .as_deref()
+                .and_then(crate::mounts::propagation_of),
+            hooks: spec
+                .hooks()
+                .as_ref()
+                .map(crate::hooks::Hooks::from_oci)
+                .unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+impl Process {
+    /// The process of an OCI spec (a bundle's, or `exec --process`).
+    pub fn from_oci(process: &oci_spec::runtime::Process) -> Result<Process> {
+        let capabilities = process.capabilities().as_ref().map(|c| {
+            let conv = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<caps::Capability> {
+                // oci-spec displays `CAP_KILL` as `KILL`.
+                let mut v: Vec<caps::Capability> = set
+                    .iter()
+                    .flatten()
+                    .filter_map(|cap| format!("CAP_{cap}").parse::<caps::Capability>().ok())
+                    .collect();
+                v.sort_unstable_by_key(|c| c.index());
+                v
+            };
+            let (permitted, inheritable) = (conv(c.permitted()), conv(c.inheritable()));
+            // The kernel raises an ambient capability only when it is permitted and
+            // inheritable. crun and runc skip the others (their default specs list ambient
+            // capabilities that are not inheritable); so does ros, saying so in the log. Left
+            // out, a capability is not granted: the container gets less, never more.
+            let (ambient, skipped): (Vec<_>, Vec<_>) = conv(c.ambient())
+                .into_iter()
+                .partition(|cap| permitted.contains(cap) && inheritable.contains(cap));
+            if !skipped.is_empty() {
+                log::warn!(
+                    "ambient capabilities {skipped:?} are not both permitted and inheritable: not raised"
+                );
+            }
+            Capabilities {
+                bounding: conv(c.bounding()),
+                effective: conv(c.effective()),
+                permitted,
+                inheritable,
+                ambient,
+            }
+        });
+
+        let rlimits = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                let res = rlimit_resource(&format!("{:?}", r.typ()))
+                    .ok_or_else(|| Error::Config(format!("unknown rlimit {:?}", r.typ())))?;
+                Ok((res, r.soft(), r.hard()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let user = process.user();
+        let lsm = match (process.apparmor_profile(), process.selinux_label()) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "process.apparmorProfile and process.selinuxLabel are both set".into(),
+                ));
+            }
+            (Some(p), None) if !p.is_empty() => Some(Lsm::AppArmor(p.clone())),
+            (None, Some(l)) if !l.is_empty() => Some(Lsm::SeLinux(l.clone())),
+            _ => None,
+        };
+        if let Some(l) = &lsm {
+            crate::lsm::check(l)?;
+        }
+        Ok(Process {
+            args: process.args().clone().unwrap_or_default(),
+            env: process.env().clone().unwrap_or_default(),
+            cwd: process.cwd().display().to_string(),
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            capabilities,
+            rlimits,
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            oom_score_adj: process.oom_score_adj(),
+            terminal: process.terminal().unwrap_or(false),
+            lsm,
+            umask: user.umask(),
+        })
+    }
+}
+
+/// The spec versions this runtime reads: 1.0 to 1.2, as crun and runc (1.0.x-1.2.x).
+fn check_version(v: &str) -> Result<()> {
+    let mut parts = v.split(['.', '-', '+']);
+    let major = parts.next().and_then(|x| x.parse::<u32>().ok());
+    let minor = parts.next().and_then(|x| x.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(1), Some(0..=2)) => Ok(()),
+        _ => Err(Error::Bundle(format!(
+            "ociVersion `{v}` is not supported (1.0 to 1.2 are)"
+        ))),
+    }
+}
+
+/// What the spec may ask that this runtime cannot do: an error, never dropped (a security
+/// setting above all).
+fn check_unsupported(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let unsupported = |what: &str| Err(Error::Config(format!("{what} is not supported")));
+    if let Some(label) = linux.mount_label()
+        && !label.is_empty()
+    {
+        // Mount labels are SELinux contexts given to every mount; this runtime does not label.
+        return Err(Error::Config(format!(
+            "linux.mountLabel `{label}`: SELinux mount labels are not supported{}",
+            if crate::lsm::selinux_enabled() {
+                ""
+            } else {
+                " (and SELinux is not enabled on this host)"
+            }
+        )));
+    }
+    if linux.intel_rdt().is_some() {
+        return unsupported("linux.intelRdt");
+    }
+    if linux.personality().is_some() {
+        return unsupported("linux.personality");
+    }
+    if linux.memory_policy().is_some() {
+        return unsupported("linux.memoryPolicy");
+    }
+    if linux.rootfs_propagation().as_deref().is_some_and(|p| {
+        !matches!(
+            p,
+            "private"
+                | "rprivate"
+                | "slave"
+                | "rslave"
+                | "shared"
+                | "rshared"
+                | "unbindable"
+                | "runbindable"
+        )
+    }) {
+        return Err(Error::Config(format!(
+            "linux.rootfsPropagation `{}` is not a propagation",
+            linux.rootfs_propagation().as_deref().unwrap_or("")
+        )));
+    }
+    if let Some(s) = linux.seccomp() {
+        if s.listener_path().is_some() {
+            return unsupported("linux.seccomp.listenerPath (seccomp notify)");
+        }
+        for f in s.flags().iter().flatten() {
+            use oci_spec::runtime::LinuxSeccompFilterFlag as F;
+            // TSYNC changes nothing here (the child is one thread); the others change what the
+            // filter does, and seccompiler loads filters without flags.
+            if !matches!(f, F::SeccompFilterFlagTsync) {
+                return Err(Error::Config(format!(
+                    "linux.seccomp.flags: {f:?} is not supported"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// cgroup v1 cpu shares (2-262144) to cgroup v2 cpu.weight (1-10000), as runc converts them.

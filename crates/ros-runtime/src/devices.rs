@@ -51,6 +51,8 @@ fn kind_bit(k: DeviceKind) -> i32 {
     match k {
         DeviceKind::Block => 1,
         DeviceKind::Char => 2,
+        // Never in a rule (FIFOs are not the filter's concern); 0 matches no device.
+        DeviceKind::Fifo => 0,
     }
 }
 

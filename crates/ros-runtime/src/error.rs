@@ -20,6 +20,14 @@ pub enum Error {
     /// A setup step inside the new container failed (reported by the child before it exited).
     #[error("container setup: {0}")]
     Setup(String),
+    /// No container of that id under the runtime's root.
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container with id {0} exists already")]
+    Exists(String),
+    /// The container's status does not allow the operation.
+    #[error("{0}")]
+    State(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

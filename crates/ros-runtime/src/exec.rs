@@ -72,6 +72,37 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
     if args.is_empty() {
         return Err(Error::Config("nothing to run".into()));
     }
+    let mut run = cfg.clone();
+    run.process.args = args;
+    spawn_process_in(pid, cgroup, &run, &InOptions::default())
+}
+
+/// How [`spawn_process_in`] starts its process.
+#[derive(Debug, Default)]
+pub struct InOptions<'a> {
+    /// A connected unix socket that receives the process's new terminal (with
+    /// `process.terminal`).
+    pub console: Option<&'a OwnedFd>,
+    /// Where the helper writes the process's pid (decimal, as the caller's PID namespace sees
+    /// it) before ending at once, instead of waiting for it: the process is then reparented to
+    /// the caller's nearest subreaper (the caller itself, if it set PR_SET_CHILD_SUBREAPER),
+    /// as `runc exec` leaves it to conmon.
+    pub report_pid: Option<OwnedFd>,
+}
+
+/// Starts `cfg.process` in the container whose first process is `pid` (`cfg` is the
+/// container's own config, for the ids, capabilities and seccomp filter the process keeps).
+/// Returns the helper's pid; its exit status is the process's, unless
+/// [`InOptions::report_pid`] is given.
+pub fn spawn_process_in(pid: i32, cgroup: &Cgroup, cfg: &Config, o: &InOptions) -> Result<i32> {
+    if cfg.process.args.is_empty() {
+        return Err(Error::Config("nothing to run".into()));
+    }
+    if cfg.process.terminal && o.console.is_none() {
+        return Err(Error::Config(
+            "a terminal needs a console socket to send it to".into(),
+        ));
+    }
     let ns = namespaces(pid)?;
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -81,8 +112,7 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
         .seccomp
         .programs(cfg.process.capabilities.as_ref().map(|c| &c.bounding[..]))?;
     let mut run = cfg.clone();
-    run.process.args = args;
-    // The command is not the container's PID 1: no shim of its own.
+    // The process is not the container's PID 1: no shim of its own.
     run.init = false;
     match guarded_fork() {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
@@ -97,12 +127,27 @@ pub fn spawn_in(pid: i32, cgroup: &Cgroup, cfg: &Config, args: Vec<String>) -> R
                 // SAFETY: as above, in the single-threaded helper.
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Child => {
+                        if let Some(sock) = o.console
+                            && run.process.terminal
+                            && let Err(e) = crate::console::attach(sock)
+                        {
+                            to_stderr(&format!("exec in container: {e}\n"));
+                            // SAFETY: _exit ends the process without unwinding.
+                            unsafe { libc::_exit(126) }
+                        }
                         let err = crate::process::exec(&run, &programs, None);
                         to_stderr(&format!("exec in container: {err}\n"));
                         // SAFETY: _exit ends the process without unwinding.
                         unsafe { libc::_exit(127) }
                     }
-                    ForkResult::Parent { child } => Ok(exit_code(waitpid(child, None))),
+                    ForkResult::Parent { child } => match &o.report_pid {
+                        Some(w) => {
+                            nix::unistd::write(w, child.as_raw().to_string().as_bytes())
+                                .map_err(|e| format!("reporting the pid: {e}"))?;
+                            Ok(0)
+                        }
+                        None => Ok(exit_code(waitpid(child, None))),
+                    },
                 }
             })()
             .unwrap_or_else(|e| {

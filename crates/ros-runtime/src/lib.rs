@@ -8,11 +8,15 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod exec;
 pub mod forksafe;
+pub mod hooks;
+pub mod lsm;
 pub mod mounts;
+pub mod oci;
 pub mod process;
 pub mod seccomp;
 pub mod setup;

@@ -24,6 +24,11 @@ impl MountSpec {
 }
 
 /// Parses OCI mount options. Unknown options are passed to the filesystem as data, as runc does.
+/// A propagation name (`rslave`, `private`, ...) as mount flags.
+pub fn propagation_of(name: &str) -> Option<MsFlags> {
+    parse_options("", &[name.to_string()]).1
+}
+
 pub fn parse_options(fstype: &str, options: &[String]) -> (MsFlags, Option<MsFlags>, String) {
     let mut flags = MsFlags::empty();
     let mut propagation = None;

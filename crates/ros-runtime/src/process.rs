@@ -54,7 +54,21 @@ enum Never {}
 
 fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Never, String> {
     let p = &cfg.process;
+    // A working folder missing from the image is made, as crun and runc do.
+    if let Err(nix::errno::Errno::ENOENT) = nix::unistd::chdir(p.cwd.as_str()) {
+        std::fs::create_dir_all(&p.cwd).map_err(|err| format!("creating cwd {}: {err}", p.cwd))?;
+    }
     nix::unistd::chdir(p.cwd.as_str()).map_err(|err| format!("chdir {}: {err}", p.cwd))?;
+    if let Some(adj) = p.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|err| format!("setting oom_score_adj {adj}: {err}"))?;
+    }
+    if let Some(l) = &p.lsm {
+        crate::lsm::apply(l)?;
+    }
+    if let Some(m) = p.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
     for (res, soft, hard) in &p.rlimits {
         let lim = libc::rlimit {
             rlim_cur: *soft,
@@ -126,8 +140,9 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
             nix::unistd::ForkResult::Child => {}
         }
     }
-    // Nothing of the runtime's survives the exec but the three standard streams.
-    cloexec_all_but_stdio();
+    // Nothing of the runtime's survives the exec but the three standard streams (and the
+    // descriptors the caller asked to pass on).
+    cloexec_from(3 + cfg.preserve_fds);
 
     let program = p.args.first().ok_or("no program")?;
     let path = resolve(program, &p.env)
@@ -138,9 +153,12 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         .iter()
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
+    let home =
+        (!p.env.iter().any(|v| v.starts_with("HOME="))).then(|| format!("HOME={}", home_of(p.uid)));
     let env = p
         .env
         .iter()
+        .chain(home.as_ref())
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let path_c = cstr(&path)?;
@@ -149,6 +167,36 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         "exec {path}: {}",
         err.map_or_else(|| "returned".into(), |e| e.to_string())
     ))
+}
+
+/// The home folder of `uid` in the container's `/etc/passwd`, `/` when it has none (runc's
+/// and crun's rule for a process without HOME).
+fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| home_in(&text, uid))
+        .unwrap_or_else(|| "/".into())
+}
+
+fn home_in(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && !f[5].is_empty())
+            .then(|| f[5].to_string())
+    })
+}
+
+/// Marks every descriptor from `first` on close-on-exec.
+fn cloexec_from(first: u32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's own fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 }
 
 /// Marks every descriptor but the standard streams close-on-exec.
@@ -174,6 +222,14 @@ mod tests {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
         assert_eq!(resolve("sh", &env).as_deref(), Some("/bin/sh"));
         assert_eq!(resolve("no-such-program-here", &env), None);
+    }
+
+    #[test]
+    fn home_comes_from_passwd() {
+        let pw = "root:x:0:0:root:/root:/bin/sh\nbroken\nsvc:x:100:100::/var/svc:/bin/false\n";
+        assert_eq!(home_in(pw, 0).as_deref(), Some("/root"));
+        assert_eq!(home_in(pw, 100).as_deref(), Some("/var/svc"));
+        assert_eq!(home_in(pw, 5), None);
     }
 }
 

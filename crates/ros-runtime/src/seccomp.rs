@@ -431,9 +431,33 @@ fn to_sc(a: Action) -> SeccompAction {
 }
 
 /// Loads the programs into the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
+/// Loads the filters into this thread. Not through `seccompiler::apply_filter`: that sets
+/// no_new_privs first, always, and a process whose spec says `noNewPrivileges: false` must not
+/// get it (the OCI suite checks; runc and crun load with the raw call too). Without
+/// no_new_privs the kernel wants CAP_SYS_ADMIN, which the caller still holds then.
 pub fn apply(programs: &[BpfProgram]) -> Result<()> {
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| Error::Seccomp(e.to_string()))?;
+        let prog = libc::sock_fprog {
+            len: u16::try_from(p.len())
+                .map_err(|_| Error::Seccomp(format!("a filter of {} instructions", p.len())))?,
+            filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+        };
+        // SAFETY: seccompiler's sock_filter has the kernel's layout (code u16, jt u8, jf u8,
+        // k u32; repr(C)) as libc's; prog points into `p`, alive for the call, which copies it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                &raw const prog,
+            )
+        };
+        if r != 0 {
+            return Err(Error::Seccomp(format!(
+                "loading the filter: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
     }
     Ok(())
 }

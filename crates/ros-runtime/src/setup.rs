@@ -19,6 +19,9 @@ pub struct Paths {
     pub root: PathBuf,
     /// Where a tmpfs for the overlay's writable layer is mounted.
     pub scratch: PathBuf,
+    /// The container's cgroup on the host (bound in place of a cgroup2 mount that a user
+    /// namespace without a cgroup namespace of its own may not make).
+    pub cgroup: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,7 @@ pub enum Step {
         major: u64,
         minor: u64,
         mode: u32,
+        owner: Option<(Option<u32>, Option<u32>)>,
     },
     Symlink {
         target: String,
@@ -88,6 +92,22 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
         target: "/".into(),
         flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
     }];
+    if let Some(p) = cfg.rootfs_propagation {
+        // pivot_root refuses shared mounts, and an unbindable one cannot be bound on itself:
+        // until pivot_root a shared root is a slave (which still receives the host's mount
+        // events) and an unbindable one private; after it, the root takes the propagation.
+        let before = if p.contains(MsFlags::MS_SHARED) {
+            (p - MsFlags::MS_SHARED) | MsFlags::MS_SLAVE
+        } else if p.contains(MsFlags::MS_UNBINDABLE) {
+            (p - MsFlags::MS_UNBINDABLE) | MsFlags::MS_PRIVATE
+        } else {
+            p
+        };
+        steps.push(Step::Propagation {
+            target: "/".into(),
+            flags: before,
+        });
+    }
     let nodev = if cfg.nodev_root {
         MsFlags::MS_NODEV
     } else {
@@ -167,6 +187,28 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
         if fstype == "cgroup2" {
             data.clear();
         }
+        // In a user namespace, cgroup2 can be mounted only from a cgroup namespace of its own;
+        // without one, the container's own group is bound there, read-only (as runc does).
+        if fstype == "cgroup2"
+            && cfg.namespaces.user == NsMode::New
+            && cfg.namespaces.cgroup != NsMode::New
+        {
+            steps.push(Step::Mount {
+                source: paths.cgroup.display().to_string(),
+                target: target.clone(),
+                fstype: "bind".into(),
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: String::new(),
+            });
+            steps.push(Step::RemountBind {
+                target,
+                flags: MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+            });
+            continue;
+        }
         // A cgroup2 mount without a cgroup namespace of its own would show the host's tree.
         if fstype == "cgroup2" && cfg.namespaces.cgroup != NsMode::New {
             flags |= MsFlags::MS_RDONLY;
@@ -239,6 +281,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
                 major: d.major,
                 minor: d.minor,
                 mode: d.mode,
+                owner: (d.uid.is_some() || d.gid.is_some()).then_some((d.uid, d.gid)),
             });
         }
         for (target, link) in [
@@ -262,6 +305,12 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
     }
 
     steps.push(Step::PivotRoot { new_root: root });
+    if let Some(p) = cfg.rootfs_propagation {
+        steps.push(Step::Propagation {
+            target: "/".into(),
+            flags: p,
+        });
+    }
     for (key, value) in &cfg.sysctl {
         steps.push(Step::Sysctl {
             key: key.clone(),
@@ -393,12 +442,14 @@ pub fn apply(steps: &[Step]) -> Result<(), String> {
                 major,
                 minor,
                 mode,
+                owner,
             } => {
                 let dev = nix::sys::stat::makedev(*major, *minor);
                 let perm = nix::sys::stat::Mode::from_bits_truncate(*mode);
                 let kind = match kind {
                     DeviceKind::Char => nix::sys::stat::SFlag::S_IFCHR,
                     DeviceKind::Block => nix::sys::stat::SFlag::S_IFBLK,
+                    DeviceKind::Fifo => nix::sys::stat::SFlag::S_IFIFO,
                 };
                 // A node under a folder of its own (`/dev/net/tun`, `/dev/disk/x`).
                 if let Some(dir) = Path::new(path).parent() {
@@ -414,6 +465,16 @@ pub fn apply(steps: &[Step]) -> Result<(), String> {
                             perm,
                             nix::sys::stat::FchmodatFlags::FollowSymlink,
                         );
+                        if let Some((uid, gid)) = owner {
+                            ctx(
+                                nix::unistd::chown(
+                                    path.as_str(),
+                                    uid.map(nix::unistd::Uid::from_raw),
+                                    gid.map(nix::unistd::Gid::from_raw),
+                                ),
+                                || format!("setting the owner of {path}"),
+                            )?;
+                        }
                     }
                     // In a user namespace: bind the host's node instead.
                     Err(nix::errno::Errno::EPERM) => {
@@ -543,6 +604,10 @@ mod tests {
                 capabilities: None,
                 rlimits: vec![],
                 no_new_privileges: true,
+                oom_score_adj: None,
+                terminal: false,
+                lsm: None,
+                umask: None,
             },
             cgroup_path: "c1".into(),
             resources: Resources::default(),
@@ -551,6 +616,9 @@ mod tests {
             readonly_paths: vec!["/proc/sys".into()],
             sysctl: vec![("net.ipv4.ip_forward".into(), "1".into())],
             init: false,
+            hooks: Default::default(),
+            rootfs_propagation: None,
+            preserve_fds: 0,
         }
     }
 
@@ -558,6 +626,7 @@ mod tests {
         Paths {
             root: "/run/ros/c1/root".into(),
             scratch: "/run/ros/c1/rw".into(),
+            cgroup: "/sys/fs/cgroup/c1".into(),
         }
     }
 

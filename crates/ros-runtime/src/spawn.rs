@@ -53,6 +53,20 @@ pub struct SpawnOptions {
     pub shim: Option<PathBuf>,
 }
 
+/// What `ros-runtime create` adds to a start (the OCI lifecycle, see [`crate::oci`]).
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// The exec FIFO. Once set up, the child reports itself created and opens this for
+    /// writing, which blocks until `start` opens it for reading; only then does the program
+    /// run. None: the program runs as soon as the setup is done.
+    pub fifo: Option<PathBuf>,
+    /// A connected unix socket that receives a new terminal's master (`--console-socket`),
+    /// for a process with `terminal` set.
+    pub console: Option<OwnedFd>,
+    /// The container's state as its hooks read it; the runtime fills in `pid`.
+    pub state: serde_json::Value,
+}
+
 /// The container's standard streams; `None` inherits the caller's.
 #[derive(Debug, Default)]
 pub struct Stdio {
@@ -174,6 +188,28 @@ impl Starting {
         self.report.try_clone()
     }
 
+    /// For a start with an exec FIFO: waits (blocking) until the child is set up and waiting
+    /// for `start`, or its setup failed.
+    pub fn wait_created(self) -> Result<Container> {
+        let mut f = std::fs::File::from(
+            self.report
+                .try_clone()
+                .map_err(|e| Error::Spawn(format!("reading the container's setup report: {e}")))?,
+        );
+        let mut first = [0u8; 1];
+        match f.read(&mut first) {
+            Ok(1) if first[0] == 0 => Ok(self.container),
+            Ok(0) => self.conclude("the container's program ran before start", false),
+            Ok(_) => {
+                let mut rest = String::new();
+                let _ = f.read_to_string(&mut rest);
+                let report = format!("{}{rest}", char::from(first[0]));
+                self.conclude(&report, false)
+            }
+            Err(e) => self.conclude(&format!("reading the setup report: {e}"), false),
+        }
+    }
+
     /// Waits (blocking) for the setup's report, then concludes.
     pub fn finish(self) -> Result<Container> {
         let mut report = String::new();
@@ -211,13 +247,22 @@ pub fn spawn(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Containe
 
 /// Starts a container without waiting for its setup: see [`Starting`].
 pub fn spawn_starting(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result<Starting> {
+    spawn_with(cfg, stdio, opts, Lifecycle::default())
+}
+
+/// [`spawn_starting`] with the OCI lifecycle's parts: an exec FIFO, hooks, a console socket.
+pub fn spawn_with(
+    cfg: &Config,
+    stdio: Stdio,
+    opts: &SpawnOptions,
+    lc: Lifecycle,
+) -> Result<Starting> {
     cfg.validate()?;
-    for mode in [&cfg.namespaces.pid, &cfg.namespaces.user] {
-        if matches!(mode, NsMode::Path(_)) {
-            return Err(Error::Config(
-                "joining an existing PID or user namespace is not supported".into(),
-            ));
-        }
+    if cfg.process.terminal && lc.console.is_none() {
+        return Err(Error::Config(
+            "process.terminal needs a console socket (--console-socket) to send the terminal to"
+                .into(),
+        ));
     }
     let programs = cfg
         .seccomp
@@ -230,6 +275,7 @@ pub fn spawn_starting(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result
         &Paths {
             root: run_dir.join("root"),
             scratch: run_dir.join("rw"),
+            cgroup: opts.cgroup_root.join(&cfg.cgroup_path),
         },
     );
     let cgroup = Cgroup::create(&opts.cgroup_root, &cfg.cgroup_path)?;
@@ -250,7 +296,7 @@ pub fn spawn_starting(cfg: &Config, stdio: Stdio, opts: &SpawnOptions) -> Result
         ),
         _ => None,
     };
-    match start(cfg, &steps, &programs, stdio, &container, shim.as_ref()) {
+    match start(cfg, &steps, &programs, stdio, &container, shim.as_ref(), lc) {
         Ok((pid, report)) => Ok(Starting {
             container: Container { pid, ..container },
             report,
@@ -269,6 +315,7 @@ fn start(
     stdio: Stdio,
     c: &Container,
     shim: Option<&OwnedFd>,
+    lc: Lifecycle,
 ) -> Result<(i32, OwnedFd)> {
     c.cgroup.apply(&cfg.resources)?;
     let cg_fd = c.cgroup.open()?;
@@ -287,7 +334,11 @@ fn start(
     };
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(spawn_err("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(spawn_err("pipe"))?;
+    // Joined in this order: the user namespace first (it owns the others), the mount
+    // namespace before the setup that mounts in it.
     let ns_files: Vec<(OwnedFd, nix::sched::CloneFlags)> = [
+        (&cfg.namespaces.user, nix::sched::CloneFlags::CLONE_NEWUSER),
+        (&cfg.namespaces.mount, nix::sched::CloneFlags::CLONE_NEWNS),
         (&cfg.namespaces.net, nix::sched::CloneFlags::CLONE_NEWNET),
         (&cfg.namespaces.ipc, nix::sched::CloneFlags::CLONE_NEWIPC),
         (&cfg.namespaces.uts, nix::sched::CloneFlags::CLONE_NEWUTS),
@@ -307,23 +358,55 @@ fn start(
     })
     .collect::<Result<_>>()?;
 
+    // The FIFO is opened by path now, on the host; the child reopens it through /proc once
+    // its root has changed.
+    let fifo = lc
+        .fifo
+        .as_ref()
+        .map(|p| {
+            nix::fcntl::open(
+                p.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::Spawn(format!("opening {}: {e}", p.display())))
+        })
+        .transpose()?;
     let flags = ns_flags(cfg);
-    let (pid, in_cgroup) = match clone3_guarded(flags, Some(cg_fd.as_raw_fd())) {
-        Ok(pid) => (pid, true),
-        // A kernel or a hierarchy that cannot clone into the group: clone, then move the child.
+    // A PID namespace is entered only by a new process: this one's children go into it for
+    // the clone, and back into its own after.
+    let pid_ns = match &cfg.namespaces.pid {
+        NsMode::Path(p) => {
+            let own = std::fs::File::open("/proc/self/ns/pid_for_children")
+                .map_err(|e| Error::Spawn(format!("opening this PID namespace: {e}")))?;
+            let theirs = std::fs::File::open(p)
+                .map_err(|e| Error::Spawn(format!("opening namespace {}: {e}", p.display())))?;
+            nix::sched::setns(&theirs, nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(|e| Error::Spawn(format!("joining {}: {e}", p.display())))?;
+            Some(own)
+        }
+        _ => None,
+    };
+    let cloned = clone3_guarded(flags, Some(cg_fd.as_raw_fd()));
+    let cloned = match cloned {
         Err(e)
             if matches!(
                 e.raw_os_error(),
                 Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EBUSY | libc::EACCES)
             ) =>
         {
-            (
-                clone3_guarded(flags, None).map_err(|e| Error::Spawn(format!("clone3: {e}")))?,
-                false,
-            )
+            // A kernel or a hierarchy that cannot clone into the group: clone, then move the
+            // child (below).
+            clone3_guarded(flags, None).map(|pid| (pid, false))
         }
-        Err(e) => return Err(Error::Spawn(format!("clone3: {e}"))),
+        other => other.map(|pid| (pid, true)),
     };
+    if let Some(own) = &pid_ns
+        && cloned.as_ref().is_ok_and(|(pid, _)| *pid != 0)
+    {
+        let _ = nix::sched::setns(own, nix::sched::CloneFlags::CLONE_NEWPID);
+    }
+    let (pid, in_cgroup) = cloned.map_err(|e| Error::Spawn(format!("clone3: {e}")))?;
     if pid == 0 {
         drop(err_r);
         drop(go_w);
@@ -335,9 +418,19 @@ fn start(
             go_r,
             &ns_files,
             shim.map(AsRawFd::as_raw_fd),
+            Held {
+                fifo: fifo.as_ref(),
+                console: lc.console.as_ref(),
+                report: &err_w,
+            },
         );
         let mut w = std::fs::File::from(err_w);
         let _ = w.write_all(msg.as_bytes());
+        if CREATED.load(std::sync::atomic::Ordering::Relaxed) {
+            // After `create` returned nobody reads the report: the error goes to the
+            // container's stderr too.
+            let _ = std::io::stderr().write_all(format!("ros-runtime: {msg}\n").as_bytes());
+        }
         // SAFETY: _exit ends the child without running the parent's exit handlers.
         unsafe { libc::_exit(127) }
     }
@@ -357,8 +450,22 @@ fn start(
     if cfg.namespaces.user == NsMode::New {
         write_id_maps(pid, cfg).map_err(|e| Error::Spawn(fail(e)))?;
     }
+    // The container's namespaces exist: the hooks of the runtime's namespace run now, before
+    // its setup (and so before pivot_root), with its pid in their state.
+    let mut state = lc.state;
+    if let Some(m) = state.as_object_mut() {
+        m.insert("pid".into(), pid.into());
+    }
+    let state = serde_json::to_vec(&state).unwrap_or_default();
+    for (kind, hooks) in [
+        ("prestart", &cfg.hooks.prestart),
+        ("createRuntime", &cfg.hooks.create_runtime),
+    ] {
+        crate::hooks::run(kind, hooks, &state).map_err(|e| Error::Spawn(fail(e)))?;
+    }
     let mut go = std::fs::File::from(go_w);
     go.write_all(b"g")
+        .and_then(|()| go.write_all(&state))
         .map_err(|e| Error::Spawn(fail(format!("starting the child: {e}"))))?;
     drop(go);
     Ok((pid, err_r))
@@ -380,7 +487,15 @@ fn write_id_maps(pid: i32, cfg: &Config) -> std::result::Result<(), String> {
     w("gid_map", &line(&cfg.gid_map))
 }
 
+/// What the child holds for the lifecycle of `create`.
+struct Held<'a> {
+    fifo: Option<&'a OwnedFd>,
+    console: Option<&'a OwnedFd>,
+    report: &'a OwnedFd,
+}
+
 /// The child's side, until exec. Returns only on failure.
+#[allow(clippy::too_many_arguments)]
 fn child(
     cfg: &Config,
     steps: &[setup::Step],
@@ -389,11 +504,13 @@ fn child(
     go: OwnedFd,
     ns_files: &[(OwnedFd, nix::sched::CloneFlags)],
     shim: Option<std::os::fd::RawFd>,
+    held: Held<'_>,
 ) -> String {
-    let mut b = [0u8; 1];
-    if std::fs::File::from(go).read_exact(&mut b).is_err() {
+    let mut got = Vec::new();
+    if std::fs::File::from(go).read_to_end(&mut got).is_err() || got.first() != Some(&b'g') {
         return "the runtime went away before the container started".into();
     }
+    let state = &got[1..];
     if cfg.namespaces.user == NsMode::New {
         // The child is still the host's root (uid 0 there), which the map leaves unmapped in
         // the new namespace: files it made would be EOVERFLOW. Becoming the namespace's root
@@ -409,6 +526,13 @@ fn child(
         if let Err(e) = nix::sched::setns(fd, *kind) {
             return format!("joining a {kind:?} namespace: {e}");
         }
+        // In a joined user namespace, as in a new one, become its root.
+        if *kind == nix::sched::CloneFlags::CLONE_NEWUSER
+            && let Err(e) =
+                crate::process::ids::setresgid(0).and_then(|()| crate::process::ids::setresuid(0))
+        {
+            return format!("becoming root in the user namespace: {e}");
+        }
     }
     let redirect = |fd: Option<OwnedFd>, dup: fn(OwnedFd) -> nix::Result<()>, name: &str| {
         fd.map_or(Ok(()), dup)
@@ -420,8 +544,58 @@ fn child(
     if let Err(e) = redirected {
         return e;
     }
-    if let Err(e) = setup::apply(steps) {
+    // createContainer hooks run in the container's mount namespace, before pivot_root.
+    let pivot = steps
+        .iter()
+        .position(|s| matches!(s, setup::Step::PivotRoot { .. }))
+        .unwrap_or(steps.len());
+    if let Err(e) = setup::apply(&steps[..pivot])
+        .and_then(|()| crate::hooks::run("createContainer", &cfg.hooks.create_container, state))
+        .and_then(|()| setup::apply(&steps[pivot..]))
+    {
         return e;
     }
+    if let Some(sock) = held.console
+        && cfg.process.terminal
+        && let Err(e) = crate::console::attach(sock)
+    {
+        return e;
+    }
+    if let Some(fifo) = held.fifo {
+        // A program that is not there fails the create, not the start (as crun and runc).
+        // (A path relative to the working folder is left to the exec.)
+        if let Some(program) = cfg.process.args.first()
+            && (program.starts_with('/') || !program.contains('/'))
+            && crate::process::resolve(program, &cfg.process.env)
+                .is_none_or(|p| std::fs::metadata(p).is_err())
+        {
+            return format!("{program}: not found in the container");
+        }
+        if let Err(e) = wait_for_start(fifo, held.report) {
+            return e;
+        }
+        if let Err(e) = crate::hooks::run("startContainer", &cfg.hooks.start_container, state) {
+            return e;
+        }
+    }
     crate::process::exec(cfg, programs, shim)
+}
+
+/// Set in the child once it said "created" (see [`wait_for_start`]).
+static CREATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says "created" (a NUL byte on the report pipe), then blocks opening the exec FIFO for
+/// writing until `start` opens it for reading.
+fn wait_for_start(fifo: &OwnedFd, report: &OwnedFd) -> std::result::Result<(), String> {
+    nix::unistd::write(report, &[0u8]).map_err(|e| format!("reporting created: {e}"))?;
+    CREATED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let w = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the exec FIFO (is /proc mounted in the container?): {e}"))?;
+    nix::unistd::write(&w, b"0").map_err(|e| format!("writing the exec FIFO: {e}"))?;
+    Ok(())
 }

@@ -555,5 +555,7 @@ fn host_device(d: &ros_config::service::DeviceSpec) -> Result<Device, String> {
             write: d.write,
             mknod: d.mknod,
         },
+        uid: None,
+        gid: None,
     })
 }

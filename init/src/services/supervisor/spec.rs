@@ -244,6 +244,10 @@ pub fn resolve(
                 })
                 .collect(),
             no_new_privileges: !privileged,
+            oom_score_adj: None,
+            terminal: false,
+            lsm: None,
+            umask: None,
         },
         cgroup_path: PathBuf::from("ros").join(name),
         resources,
@@ -267,6 +271,9 @@ pub fn resolve(
         },
         sysctl: Vec::new(),
         init: s.init.unwrap_or(true),
+        hooks: Default::default(),
+        rootfs_propagation: None,
+        preserve_fds: 0,
     };
     config.validate().map_err(|e| e.to_string())?;
     let oneshot = s.oneshot.unwrap_or(false);
