@@ -6,8 +6,9 @@
 # client for the login tests, busybox-static for the runtime root tests (a static busybox is
 # copied into their bundles), crun and runc for the runtime benchmark, genisoimage, dosfstools
 # and mtools for the NoCloud config drive tests (ISO9660 and vfat), chrony as the NTP server
-# the time test asks (run by the test, never as the host's clock service), the musl targets,
-# cargo-nextest. The kernel and the services' Debian packages are fetched by `ros-image build`
+# the time test asks (run by the test, never as the host's clock service), Go to build the OCI
+# validation suite (scripts/conformance), podman to drive ros-runtime as an engine would, the
+# musl targets, cargo-nextest. The kernel and the services' Debian packages are fetched by `ros-image build`
 # into target/ros-cache.
 set -euo pipefail
 
@@ -15,7 +16,8 @@ need=()
 for pair in qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm \
             cpio:cpio dnsmasq:dnsmasq-base ip:iproute2 dpkg-deb:dpkg mkfs.erofs:erofs-utils \
             ssh:openssh-client ssh-keygen:openssh-client crun:crun runc:runc \
-            genisoimage:genisoimage mkfs.vfat:dosfstools mcopy:mtools chronyd:chrony; do
+            genisoimage:genisoimage mkfs.vfat:dosfstools mcopy:mtools chronyd:chrony \
+            go:golang-go podman:podman; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
