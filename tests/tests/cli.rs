@@ -74,6 +74,49 @@ fn log_with(key: &SshKey, port: u16, service: &str, want: &str) -> Result<String
     anyhow::bail!("`{want}` never in the log of {service}: {out}")
 }
 
+/// `ros service exec`: a command in another service's container, on the caller's streams (or
+/// a terminal), with its exit status; an unknown or stopped service is a clear error.
+fn service_exec(key: &SshKey, port: u16) -> Result<()> {
+    let (code, out) = ros(
+        key,
+        port,
+        "service exec web -- sh -c 'echo in $(hostname); pidof httpd >/dev/null && echo sees httpd; exit 3'",
+    )?;
+    ensure!(code == 3, "the command's status comes back: {code} {out}");
+    ensure!(
+        out.contains("in web"),
+        "the web container's UTS namespace: {out}"
+    );
+    ensure!(
+        out.contains("sees httpd"),
+        "the web container's PID namespace: {out}"
+    );
+    let piped = key.run(
+        port,
+        "echo through stdin | ros service exec web -- cat",
+        SSH,
+    )?;
+    ensure!(piped.trim() == "through stdin", "{piped}");
+    let (code, out) = ros(key, port, "service exec -t web -- sh -c 'tty; exit 4'")?;
+    ensure!(
+        code == 4 && out.contains("/dev/pts/"),
+        "a terminal of its own: {code} {out}"
+    );
+    // Typed input reaches the command through its terminal.
+    let typed = key.run(
+        port,
+        "printf 'typed line\\n' | ros service exec -t web -- sh -c 'read x; echo got \"$x\"'",
+        SSH,
+    )?;
+    ensure!(typed.contains("got typed line"), "{typed}");
+    let (code, out) = ros(key, port, "service exec nope -- true")?;
+    ensure!(
+        code == 3 && out.contains("no service `nope`"),
+        "{code} {out}"
+    );
+    Ok(())
+}
+
 /// Service definitions changed through the config apply live: a new one starts, a changed one
 /// restarts the new way, a removed one stops.
 fn services_live(key: &SshKey, port: u16) -> Result<()> {
@@ -279,6 +322,7 @@ fn cli(arch: Arch) -> Result<()> {
     );
     let status = ok(&key, port, "service status web")?;
     ensure!(status.contains("state: running"), "{status}");
+    service_exec(&key, port)?;
     let wlogs = ok(&key, port, "service logs web -n 5")?;
     ensure!(wlogs.contains("web says hello"), "{wlogs}");
     ok(&key, port, "service stop web")?;

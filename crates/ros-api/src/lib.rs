@@ -6,6 +6,11 @@
 //! [`Reply::Line`] (log lines, for streams), then one [`Reply::Ok`] (a typed [`Response`]) or
 //! [`Reply::Error`] (a followed stream has none and ends when the client goes away).
 //!
+//! `service_exec` sends descriptors with the request line (SCM_RIGHTS): the caller's three
+//! standard streams, which the process runs on, or with `tty` one end of a socket pair, over
+//! which the process sends the master of a terminal made in its container (as runc's console
+//! socket). The reply ([`Response::Exited`]) comes when the process ends.
+//!
 //! The protocol is versioned by [`VERSION`]: fields may be added; a change of meaning or a
 //! removal makes a new version, and a server refuses a version it does not speak with a clear
 //! error. Newline-delimited JSON over a blocking socket is all this needs; an RPC framework
@@ -80,6 +85,15 @@ pub enum Request {
         name: String,
         lines: usize,
         follow: bool,
+    },
+    /// Runs `args` in the running service's container, on the standard streams sent with the
+    /// request; with `tty`, on a terminal of its container whose master goes back over the
+    /// socket sent instead.
+    ServiceExec {
+        name: String,
+        args: Vec<String>,
+        #[serde(default)]
+        tty: bool,
     },
     /// The init's log (boot, services, errors).
     Logs {
@@ -159,6 +173,10 @@ pub enum Response {
     OsInfo(Box<OsInfo>),
     /// The end of a stream that was not followed.
     End,
+    /// `service_exec`: the process ended with this status (128 + the signal when killed).
+    Exited {
+        code: i32,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -324,12 +342,24 @@ impl std::fmt::Display for ClientError {
 pub fn call(
     socket: &Path,
     request: Request,
+    on_line: impl FnMut(&str),
+) -> Result<Reply, ClientError> {
+    call_with_fds(socket, request, &[], on_line)
+}
+
+/// [`call`], sending `fds` with the request line (`service_exec`'s standard streams).
+pub fn call_with_fds(
+    socket: &Path,
+    request: Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
     mut on_line: impl FnMut(&str),
 ) -> Result<Reply, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(ClientError::Connect)?;
     let follow = matches!(
         request,
-        Request::Logs { follow: true, .. } | Request::ServiceLogs { follow: true, .. }
+        Request::Logs { follow: true, .. }
+            | Request::ServiceLogs { follow: true, .. }
+            | Request::ServiceExec { .. }
     );
     if !follow {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
@@ -341,7 +371,11 @@ pub fn call(
     .map_err(|e| ClientError::Io(e.to_string()))?;
     line.push('\n');
     // A server that refuses may close before reading everything; its answer is still there.
-    let written = stream.write_all(line.as_bytes());
+    let written = send_fds(&stream, line.as_bytes(), fds).and_then(|n| {
+        line.as_bytes()
+            .get(n..)
+            .map_or(Ok(()), |rest| stream.write_all(rest))
+    });
     let mut reader = BufReader::new(stream);
     let mut buf = String::new();
     loop {
@@ -362,6 +396,27 @@ pub fn call(
             other => return Ok(other),
         }
     }
+}
+
+/// Writes the start of `data` with `fds` attached (none: a plain write); how much was written.
+fn send_fds(
+    stream: &UnixStream,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    if fds.is_empty() {
+        return Ok(0);
+    }
+    let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    nix::sys::socket::sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(data)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&raw)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

@@ -112,6 +112,16 @@ enum ServiceCmd {
     Restart {
         name: String,
     },
+    /// Run a command in the running service's container; exits with its status.
+    Exec {
+        name: String,
+        /// Give the command a terminal (for an interactive shell).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// The service's output (from its log file).
     Logs {
         name: String,
@@ -129,6 +139,8 @@ enum OsCmd {
 }
 
 const EXIT_UNREACHABLE: u8 = 6;
+
+mod exec;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -159,6 +171,9 @@ fn run(cli: &Cli) -> Result<(), u8> {
             return Ok(());
         }
         Cmd::Config(ConfigCmd::Validate { file: Some(f) }) => return validate(cli, f),
+        Cmd::Service(ServiceCmd::Exec { name, tty, command }) => {
+            return exec::run(cli, name, *tty, command);
+        }
         Cmd::Config(c) => match c {
             ConfigCmd::Get { key } => Request::ConfigGet { key: key.clone() },
             ConfigCmd::Set { key, value } => Request::ConfigSet {
@@ -181,6 +196,7 @@ fn run(cli: &Cli) -> Result<(), u8> {
             ServiceCmd::Start { name } => action(name, ServiceAction::Start),
             ServiceCmd::Stop { name } => action(name, ServiceAction::Stop),
             ServiceCmd::Restart { name } => action(name, ServiceAction::Restart),
+            ServiceCmd::Exec { .. } => return Err(2),
             ServiceCmd::Logs {
                 name,
                 follow,
@@ -205,30 +221,9 @@ fn run(cli: &Cli) -> Result<(), u8> {
         },
     };
     let mut out = std::io::stdout().lock();
-    let reply = ros_api::call(&cli.socket, req, |line| {
+    let reply = call(cli, req, &[], |line| {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
-    })
-    .map_err(|e| {
-        match e {
-            // The socket is root's alone: the kernel refuses others before the init can.
-            ros_api::ClientError::Connect(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                eprintln!(
-                    "ros: the ros API is for root only (you are uid {})",
-                    current_uid()
-                );
-                return ros_api::ErrorCode::Denied.exit_code();
-            }
-            ros_api::ClientError::Connect(e) => eprintln!(
-                "ros: cannot reach the init's API at {}: {e} (is this a ros machine, and is the \
-                 API's folder mounted here?)",
-                cli.socket.display()
-            ),
-            other => eprintln!("ros: {other}"),
-        }
-        EXIT_UNREACHABLE
     })?;
     drop(out);
     match reply {
@@ -252,6 +247,37 @@ fn run(cli: &Cli) -> Result<(), u8> {
         }
         Reply::Line { .. } => Err(1),
     }
+}
+
+/// Sends a request (with `fds`, for `service_exec`); the reply, or the exit code of a failure
+/// to reach the init, said on stderr.
+fn call(
+    cli: &Cli,
+    req: Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    on_line: impl FnMut(&str),
+) -> Result<Reply, u8> {
+    ros_api::call_with_fds(&cli.socket, req, fds, on_line).map_err(|e| {
+        match e {
+            // The socket is root's alone: the kernel refuses others before the init can.
+            ros_api::ClientError::Connect(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                eprintln!(
+                    "ros: the ros API is for root only (you are uid {})",
+                    current_uid()
+                );
+                return ros_api::ErrorCode::Denied.exit_code();
+            }
+            ros_api::ClientError::Connect(e) => eprintln!(
+                "ros: cannot reach the init's API at {}: {e} (is this a ros machine, and is the \
+                 API's folder mounted here?)",
+                cli.socket.display()
+            ),
+            other => eprintln!("ros: {other}"),
+        }
+        EXIT_UNREACHABLE
+    })
 }
 
 /// The caller's uid, from `/proc/self/status` (no libc call needed for one number).
@@ -383,7 +409,10 @@ fn show(cli: &Cli, result: &Response) -> u8 {
                 println!("{}{what}: done", d.action);
             }
         }
-        Response::Changed { .. } | Response::End | Response::Validation(_) => {}
+        Response::Changed { .. }
+        | Response::End
+        | Response::Validation(_)
+        | Response::Exited { .. } => {}
     }
     0
 }

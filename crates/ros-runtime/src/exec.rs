@@ -88,6 +88,11 @@ pub struct InOptions<'a> {
     /// the caller's nearest subreaper (the caller itself, if it set PR_SET_CHILD_SUBREAPER),
     /// as `runc exec` leaves it to conmon.
     pub report_pid: Option<OwnedFd>,
+    /// The process's standard streams (stdin, stdout, stderr); none: the helper's.
+    pub stdio: Option<[&'a OwnedFd; 3]>,
+    /// Make the process a session leader whose controlling terminal is its stdin (a
+    /// terminal's subordinate side given in `stdio`).
+    pub controlling_tty: bool,
 }
 
 /// Starts `cfg.process` in the container whose first process is `pid` (`cfg` is the
@@ -127,6 +132,11 @@ pub fn spawn_process_in(pid: i32, cgroup: &Cgroup, cfg: &Config, o: &InOptions) 
                 // SAFETY: as above, in the single-threaded helper.
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Child => {
+                        if let Err(e) = take_stdio(o) {
+                            to_stderr(&format!("exec in container: {e}\n"));
+                            // SAFETY: _exit ends the process without unwinding.
+                            unsafe { libc::_exit(126) }
+                        }
                         if let Some(sock) = o.console
                             && run.process.terminal
                             && let Err(e) = crate::console::attach(sock)
@@ -159,6 +169,28 @@ pub fn spawn_process_in(pid: i32, cgroup: &Cgroup, cfg: &Config, o: &InOptions) 
         }
         Err(e) => Err(Error::Spawn(format!("fork: {e}"))),
     }
+}
+
+/// The exec'd process's side: its streams, and its terminal.
+fn take_stdio(o: &InOptions) -> std::result::Result<(), String> {
+    if let Some([i, out, err]) = o.stdio {
+        let dup =
+            |r: nix::Result<()>, what: &str| r.map_err(|e| format!("redirecting {what}: {e}"));
+        dup(nix::unistd::dup2_stdin(i), "stdin")?;
+        dup(nix::unistd::dup2_stdout(out), "stdout")?;
+        dup(nix::unistd::dup2_stderr(err), "stderr")?;
+    }
+    if o.controlling_tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is open (the terminal).
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!(
+                "taking the terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Starts a helper that connects to TCP `port` on the loopback of the network namespace of

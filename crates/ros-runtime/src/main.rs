@@ -558,6 +558,7 @@ fn exec(
         &ros_runtime::exec::InOptions {
             console: console.as_ref(),
             report_pid: Some(w),
+            ..Default::default()
         },
     )?;
     let helper_status = waitpid(Pid::from_raw(helper), None)?;

@@ -7,8 +7,11 @@ use super::Ctx;
 use super::handlers::{config, logs, services, system};
 use super::transport::Writer;
 
-pub async fn route(ctx: &Ctx, req: Request, w: &mut Writer) {
+pub async fn route(ctx: &Ctx, req: Request, fds: Vec<std::os::fd::OwnedFd>, w: &mut Writer) {
     let reply = match req {
+        Request::ServiceExec { name, args, tty } => {
+            services::exec(ctx, &name, args, tty, fds).await
+        }
         Request::Logs { lines, follow } => return logs::init(w, lines, follow).await,
         Request::ServiceLogs {
             name,

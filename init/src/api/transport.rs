@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ros_api::{ErrorCode, Reply};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -105,11 +107,66 @@ impl Writer {
     }
 }
 
-/// Reads the request line: whole, within the time and the size allowed.
-async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<String, Reply> {
-    let mut reader = BufReader::new(r).take(ros_api::MAX_REQUEST as u64 + 1);
+/// The most descriptors a request carries (`service_exec`'s three streams); more are closed.
+pub const MAX_FDS: usize = 3;
+
+/// Reads what is there of the request into `buf`, and the descriptors sent with it.
+fn recv_some(
+    stream: &UnixStream,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut chunk = [0u8; 16 * 1024];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+    let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(list) = c {
+            for fd in list {
+                // SAFETY: the kernel just gave this process these descriptors; nothing else
+                // owns them.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if fds.len() < MAX_FDS {
+                    fds.push(owned);
+                }
+            }
+        }
+    }
+    let n = msg.bytes;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Reads the request line (whole, within the time and the size allowed) and the descriptors
+/// sent with it.
+async fn read_request(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>), Reply> {
     let mut buf = Vec::new();
-    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut buf)).await {
+    let mut fds = Vec::new();
+    let read = async {
+        loop {
+            stream.readable().await?;
+            match stream.try_io(tokio::io::Interest::READABLE, || {
+                recv_some(stream, &mut buf, &mut fds)
+            }) {
+                Ok(0) => return Ok::<(), std::io::Error>(()),
+                Ok(_) if buf.contains(&b'\n') || buf.len() > ros_api::MAX_REQUEST => {
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Err(_) => Err(Reply::error(
             ErrorCode::BadRequest,
             format!(
@@ -118,35 +175,39 @@ async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<String, Repl
             ),
         )),
         Ok(Err(e)) => Err(Reply::error(ErrorCode::BadRequest, e.to_string())),
-        Ok(Ok(_)) if buf.len() > ros_api::MAX_REQUEST => Err(Reply::error(
+        Ok(Ok(())) if buf.len() > ros_api::MAX_REQUEST => Err(Reply::error(
             ErrorCode::BadRequest,
             format!(
                 "the request is larger than {} KiB",
                 ros_api::MAX_REQUEST / 1024
             ),
         )),
-        Ok(Ok(_)) if !buf.ends_with(b"\n") => Err(Reply::error(
-            ErrorCode::BadRequest,
-            "the request ended before its line did",
-        )),
-        Ok(Ok(_)) => String::from_utf8(buf)
-            .map_err(|_| Reply::error(ErrorCode::BadRequest, "the request is not UTF-8")),
+        Ok(Ok(())) => match buf.iter().position(|b| *b == b'\n') {
+            // One request per connection: anything after its line is ignored.
+            Some(end) => String::from_utf8(buf[..end].to_vec())
+                .map(|line| (line, fds))
+                .map_err(|_| Reply::error(ErrorCode::BadRequest, "the request is not UTF-8")),
+            None => Err(Reply::error(
+                ErrorCode::BadRequest,
+                "the request ended before its line did",
+            )),
+        },
     }
 }
 
 async fn connection(stream: UnixStream, ctx: Arc<Ctx>) {
-    let (r, w) = stream.into_split();
+    let got = read_request(&stream).await;
+    let (_, w) = stream.into_split();
     let mut w = Writer(w);
-    let req = match read_request(r)
-        .await
-        .and_then(|line| ros_api::parse_request(line.trim_end()))
+    let (req, fds) = match got
+        .and_then(|(line, fds)| ros_api::parse_request(line.trim_end()).map(|r| (r, fds)))
     {
-        Ok(req) => req,
+        Ok(x) => x,
         Err(reply) => {
             let _ = w.send(&reply).await;
             return;
         }
     };
     log::debug!("api: {req:?}");
-    super::route::route(&ctx, req, &mut w).await;
+    super::route::route(&ctx, req, fds, &mut w).await;
 }

@@ -44,6 +44,14 @@ pub enum ToMain {
         after: Arc<Loaded>,
         reply: oneshot::Sender<Notes>,
     },
+    /// A process in a running service's container on the caller's streams: `reply` gets a
+    /// receiver of its exit status, or why it could not start.
+    Exec {
+        name: String,
+        args: Vec<String>,
+        io: crate::services::supervisor::ExecIo,
+        reply: oneshot::Sender<Result<oneshot::Receiver<i32>, String>>,
+    },
     /// The network as it is now.
     Network(oneshot::Sender<NetworkView>),
     /// Power off or reboot (the API, the control port, the power button).
@@ -278,6 +286,18 @@ impl MainLoop {
                 }
                 let _ = reply.send(r);
             }
+            ToMain::Exec {
+                name,
+                args,
+                io,
+                reply,
+            } => {
+                let r = match self.sup.as_mut() {
+                    None => Err("the supervisor is not running".to_string()),
+                    Some(s) => s.exec(&name, args, &io),
+                };
+                let _ = reply.send(r);
+            }
             ToMain::Apply { diff, after, reply } => {
                 let notes = crate::config::apply::apply(&diff, self).await;
                 self.current.set(after);
@@ -304,6 +324,7 @@ impl ToMain {
         match self {
             ToMain::Services(_) => "the service list",
             ToMain::Service { .. } => "a service action",
+            ToMain::Exec { .. } => "starting a process in a service",
             ToMain::Apply { .. } => "applying a config change",
             ToMain::Network(_) => "the network view",
             ToMain::Power(_) => "a power request",

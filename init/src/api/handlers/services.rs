@@ -111,6 +111,56 @@ pub async fn action(ctx: &Ctx, name: &str, action: ServiceAction) -> Reply {
     }
 }
 
+/// `ros service exec`: a process in the running service's container, on the caller's three
+/// streams, or with `tty` on a terminal whose master goes back over the one socket sent (see
+/// `ros_api`); the answer is its exit status, when it ends.
+pub async fn exec(
+    ctx: &Ctx,
+    name: &str,
+    args: Vec<String>,
+    tty: bool,
+    mut fds: Vec<std::os::fd::OwnedFd>,
+) -> Reply {
+    use crate::services::supervisor::ExecIo;
+    let io = match (tty, fds.len()) {
+        (true, 1) => fds.pop().map(ExecIo::Terminal),
+        (false, 3) => <[std::os::fd::OwnedFd; 3]>::try_from(fds)
+            .ok()
+            .map(ExecIo::Streams),
+        _ => None,
+    };
+    let Some(io) = io else {
+        return Reply::error(
+            ErrorCode::BadRequest,
+            "service_exec needs, sent with the request, the caller's standard input, output and \
+             error, or with tty one socket for the terminal",
+        );
+    };
+    let list = match list_of(ctx).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if let Err(r) = find(&list, name) {
+        return r;
+    }
+    let started = ctx
+        .ask(|reply| ToMain::Exec {
+            name: name.to_string(),
+            args,
+            io,
+            reply,
+        })
+        .await;
+    match started {
+        Ok(Ok(exited)) => match exited.await {
+            Ok(code) => Reply::ok(Response::Exited { code }),
+            Err(_) => failed("the process's end was not seen (the supervisor stopped)"),
+        },
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

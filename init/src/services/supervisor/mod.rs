@@ -52,6 +52,19 @@ pub struct Supervisor {
     starting: BTreeMap<i32, (String, Starting, Option<WaitStatus>)>,
     spawned_tx: mpsc::UnboundedSender<Spawned>,
     spawned_rx: mpsc::UnboundedReceiver<Spawned>,
+    /// Processes started in services' containers through the API (`ros service exec`), by
+    /// helper pid: who waits for the exit status.
+    execs: BTreeMap<i32, tokio::sync::oneshot::Sender<i32>>,
+}
+
+/// Where a process started with [`Supervisor::exec`] gets its streams.
+#[derive(Debug)]
+pub enum ExecIo {
+    /// The caller's stdin, stdout and stderr.
+    Streams([std::os::fd::OwnedFd; 3]),
+    /// A connected unix socket: the process makes a terminal in its container, takes it, and
+    /// sends its master over this (as to runc's console socket).
+    Terminal(std::os::fd::OwnedFd),
 }
 
 /// A container's setup report: empty when its program runs, else why the setup failed.
@@ -100,6 +113,7 @@ impl Supervisor {
             starting: BTreeMap::new(),
             spawned_tx,
             spawned_rx,
+            execs: BTreeMap::new(),
             machine: Machine::new(Vec::new()),
             specs: BTreeMap::new(),
             images,
@@ -184,6 +198,15 @@ impl Supervisor {
         let Some((pid, exit)) = exit_of(status) else {
             return false;
         };
+        if let Some(done) = self.execs.remove(&pid) {
+            let code = match status {
+                WaitStatus::Exited(_, c) => c,
+                WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+                _ => 1,
+            };
+            let _ = done.send(code);
+            return true;
+        }
         if let Some((_, _, held)) = self.starting.get_mut(&pid) {
             // Still setting up as far as we know: its report decides what this exit means.
             *held = Some(status);
@@ -445,6 +468,45 @@ impl Supervisor {
             }
             None => Err("no health check".into()),
         }
+    }
+
+    /// Starts `args` in the running service `name` (its namespaces, cgroup, ids, capabilities
+    /// and seccomp filter) on the caller's streams or a terminal of the container's (see
+    /// [`ExecIo`]). The receiver gets its exit status once reaped.
+    pub fn exec(
+        &mut self,
+        name: &str,
+        args: Vec<String>,
+        io: &ExecIo,
+    ) -> Result<tokio::sync::oneshot::Receiver<i32>, String> {
+        if args.is_empty() {
+            return Err("nothing to run: give a command".into());
+        }
+        let c = self
+            .containers
+            .get(name)
+            .ok_or_else(|| format!("service {name} is not running"))?;
+        let mut cfg = self.running_config(name).ok_or("unknown service")?;
+        cfg.process.args = args;
+        let opts = match io {
+            ExecIo::Streams([i, o, e]) => ros_runtime::exec::InOptions {
+                stdio: Some([i, o, e]),
+                ..Default::default()
+            },
+            ExecIo::Terminal(sock) => {
+                cfg.process.terminal = true;
+                ros_runtime::exec::InOptions {
+                    console: Some(sock),
+                    ..Default::default()
+                }
+            }
+        };
+        let pid = ros_runtime::exec::spawn_process_in(c.pid, &c.cgroup, &cfg, &opts)
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.execs.insert(pid, tx);
+        log::info!("service {name}: exec {:?} (pid {pid})", cfg.process.args);
+        Ok(rx)
     }
 
     fn running_config(&self, name: &str) -> Option<ros_runtime::Config> {
