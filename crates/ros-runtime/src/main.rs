@@ -516,11 +516,16 @@ fn wait_forwarding(set: &SigSet, pid: Pid) -> anyhow::Result<u8> {
 
 fn run_container(root: &Root, a: &CreateArgs, detach: bool) -> anyhow::Result<u8> {
     let set = if detach { None } else { Some(forwarded()?) };
-    let pid = root.create(&a.id, &a.bundle, &create_options(a, false))?;
-    if let Err(e) = root.start(&a.id) {
+    // Without hooks between create and start, the program runs as soon as it is set up: no
+    // FIFO, no second step.
+    let c = root.create(&a.id, &a.bundle, &create_options(a, true))?;
+    if !c.started
+        && let Err(e) = root.start(&a.id)
+    {
         let _ = root.delete(&a.id, true);
         return Err(e.into());
     }
+    let pid = c.pid;
     let Some(set) = set else {
         return Ok(0);
     };

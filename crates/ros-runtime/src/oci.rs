@@ -49,6 +49,10 @@ pub struct Record {
     pub created: String,
     pub annotations: BTreeMap<String, String>,
     pub owner: u32,
+    /// Whether its config has poststart or poststop hooks (else `start` and `delete` need
+    /// not read it again).
+    #[serde(default)]
+    pub late_hooks: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -151,10 +155,19 @@ pub struct Root {
 pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
-    /// Start at once, without waiting for `start`.
+    /// Start at once, without waiting for `start`, when the config has no hooks that run
+    /// between the two (startContainer, poststart): what `run` asks.
     pub no_wait: bool,
     /// Descriptors after the standard streams passed on to the process (`--preserve-fds`).
     pub preserve_fds: u32,
+}
+
+/// A container `create` made.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    pub pid: i32,
+    /// Its program runs already (see [`CreateOptions::no_wait`]).
+    pub started: bool,
 }
 
 /// The exec FIFO's reader: `start` reads the child's byte through it.
@@ -255,8 +268,9 @@ impl Root {
     }
 
     /// Creates the container `id` from `bundle`: set up, its program not yet run (unless
-    /// `no_wait`). Returns its pid.
-    pub fn create(&self, id: &str, bundle: &Path, o: &CreateOptions) -> Result<i32> {
+    /// `no_wait`, which a `run` without startContainer or poststart hooks uses: nothing then
+    /// happens between create and start). Returns its pid.
+    pub fn create(&self, id: &str, bundle: &Path, o: &CreateOptions) -> Result<Created> {
         crate::config::check_id(id)?;
         let bundle = std::fs::canonicalize(bundle)
             .map_err(|e| Error::Bundle(format!("{}: {e}", bundle.display())))?;
@@ -274,7 +288,20 @@ impl Root {
             }
             Err(e) => return Err(Error::Spawn(format!("creating {}: {e}", dir.display()))),
         }
-        let r = self.create_in(&dir, id, &bundle, &spec_path, &cfg, o);
+        let hooks_between =
+            !cfg.hooks.start_container.is_empty() || !cfg.hooks.poststart.is_empty();
+        let o = CreateOptions {
+            pid_file: o.pid_file.clone(),
+            console_socket: o.console_socket.clone(),
+            no_wait: o.no_wait && !hooks_between,
+            preserve_fds: o.preserve_fds,
+        };
+        let r = self
+            .create_in(&dir, id, &bundle, &spec_path, &cfg, &o)
+            .map(|pid| Created {
+                pid,
+                started: o.no_wait,
+            });
         if r.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -322,6 +349,7 @@ impl Root {
                 .into_iter()
                 .collect(),
             owner: nix::unistd::geteuid().as_raw(),
+            late_hooks: !cfg.hooks.poststart.is_empty() || !cfg.hooks.poststop.is_empty(),
         };
         let mut hook_state = serde_json::to_value(self.state_of(&record)).unwrap_or_default();
         // The suite (and crun) give the create-time hooks the status `created`.
@@ -396,6 +424,9 @@ impl Root {
             }
         }
         let _ = std::fs::remove_file(&fifo);
+        if !r.late_hooks {
+            return Ok(());
+        }
         let cfg = self.config(&r)?;
         if let Err(e) = crate::hooks::run(
             "poststart",
@@ -465,7 +496,11 @@ impl Root {
         while alive(r.pid, r.pid_start) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let cfg = self.config(&r).ok();
+        let cfg = if r.late_hooks {
+            self.config(&r).ok()
+        } else {
+            None
+        };
         let removed = if r.cgroup.exists() {
             cg.remove(Duration::from_secs(2))
         } else {
@@ -664,6 +699,7 @@ mod tests {
             created: "2026-11-28T00:00:00Z".into(),
             annotations: BTreeMap::from([("k".to_string(), "v".to_string())]),
             owner: 0,
+            late_hooks: false,
         };
         let v = serde_json::to_value(root.state_of(&r)).expect("json");
         assert_eq!(v["ociVersion"], OCI_VERSION);

@@ -562,15 +562,6 @@ fn child(
         return e;
     }
     if let Some(fifo) = held.fifo {
-        // A program that is not there fails the create, not the start (as crun and runc).
-        // (A path relative to the working folder is left to the exec.)
-        if let Some(program) = cfg.process.args.first()
-            && (program.starts_with('/') || !program.contains('/'))
-            && crate::process::resolve(program, &cfg.process.env)
-                .is_none_or(|p| std::fs::metadata(p).is_err())
-        {
-            return format!("{program}: not found in the container");
-        }
         if let Err(e) = wait_for_start(fifo, held.report) {
             return e;
         }

@@ -1,5 +1,7 @@
-//! The container start benchmark: `/bin/true` in a busybox bundle with every namespace and a
-//! read-only overlay root, started by ros-runtime, crun and runc in turn, wall time per start.
+//! The runtime benchmarks, ros-runtime against crun and runc on the same bundle (a busybox tree
+//! with every namespace and a read-only overlay root), interleaved, wall time per operation:
+//! `run` of `/bin/true`; the lifecycle an engine drives, `create` + `start` + `delete --force`
+//! (three invocations); and `exec` of `/bin/true` into a running container.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +39,7 @@ fn bundle(dir: &Path, runtime: &Path) -> Result<()> {
     }
     std::fs::copy(busybox()?, lower.join("bin/busybox"))?;
     std::os::unix::fs::symlink("busybox", lower.join("bin/true"))?;
+    std::os::unix::fs::symlink("busybox", lower.join("bin/sleep"))?;
     let rw = dir.join("rw");
     std::fs::create_dir_all(&rw)?;
     mount(
@@ -119,72 +122,145 @@ pub fn bench(runs: usize) -> Result<()> {
     bundle(&b, &ros)?;
 
     let run_root = work.join("run");
-    let mut ros_ms = Vec::new();
-    let mut crun_ms = Vec::new();
-    let mut runc_ms = Vec::new();
-    let time = |cmd: &mut Command| -> Result<f64> {
+    let ros_cmd = |args: &[&str]| {
+        let mut c = Command::new(&ros);
+        c.arg("--root")
+            .arg(&run_root)
+            .arg("--cgroup-root")
+            .arg(&cg2)
+            .args(args);
+        c
+    };
+    let crun_cmd = |args: &[&str]| {
+        let mut c = Command::new(&crun);
+        c.arg("--cgroup-manager=disabled").args(args);
+        c
+    };
+    let runc_cmd = |args: &[&str]| {
+        let mut c = Command::new(&runc);
+        c.args(args);
+        c
+    };
+    let bundle_arg = b.display().to_string();
+    let time = |cmds: &mut [Command]| -> Result<f64> {
         let t = Instant::now();
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        for cmd in cmds.iter_mut() {
+            // No pipes: a created container keeps the streams it was given open until it
+            // runs, so waiting for a pipe's end would wait for the container.
+            let status = cmd
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("{cmd:?} failed: {status}");
+            }
         }
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
+    let mut run = [Vec::new(), Vec::new(), Vec::new()];
+    let mut life = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..runs + 3 {
         let id = format!("bench{i}");
-        let r = time(
-            Command::new(&ros)
-                .args(["run", "--bundle"])
-                .arg(&b)
-                .arg("--root")
-                .arg(&run_root)
-                .arg("--cgroup-root")
-                .arg(&cg2)
-                .arg(&id),
-        )?;
-        let c = time(
-            Command::new(&crun)
-                .args(["--cgroup-manager=disabled", "run", "--bundle"])
-                .arg(&b)
-                .arg(&id),
-        )?;
-        let u = time(
-            Command::new(&runc)
-                .args(["run", "--bundle"])
-                .arg(&b)
-                .arg(&id),
-        )?;
+        let r = [
+            time(&mut [ros_cmd(&["run", "--bundle", &bundle_arg, &id])])?,
+            time(&mut [crun_cmd(&["run", "--bundle", &bundle_arg, &id])])?,
+            time(&mut [runc_cmd(&["run", "--bundle", &bundle_arg, &id])])?,
+        ];
+        let id = format!("life{i}");
+        let l = [
+            time(&mut [
+                ros_cmd(&["create", "--bundle", &bundle_arg, &id]),
+                ros_cmd(&["start", &id]),
+                ros_cmd(&["delete", "--force", &id]),
+            ])?,
+            time(&mut [
+                crun_cmd(&["create", "--bundle", &bundle_arg, &id]),
+                crun_cmd(&["start", &id]),
+                crun_cmd(&["delete", "--force", &id]),
+            ])?,
+            time(&mut [
+                runc_cmd(&["create", "--bundle", &bundle_arg, &id]),
+                runc_cmd(&["start", &id]),
+                runc_cmd(&["delete", "--force", &id]),
+            ])?,
+        ];
         // The first runs warm the page cache; they are not counted.
         if i >= 3 {
-            ros_ms.push(r);
-            crun_ms.push(c);
-            runc_ms.push(u);
+            for k in 0..3 {
+                run[k].push(r[k]);
+                life[k].push(l[k]);
+            }
         }
+    }
+
+    // exec: a container that sleeps, for each runtime, and /bin/true run in it.
+    let config = b.join("config.json");
+    let spec = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        spec.replace("\"/bin/true\"", "\"/bin/sleep\", \"1000\""),
+    )?;
+    let sleeper = "sleeper";
+    time(&mut [
+        ros_cmd(&["create", "--bundle", &bundle_arg, sleeper]),
+        ros_cmd(&["start", sleeper]),
+        crun_cmd(&["create", "--bundle", &bundle_arg, sleeper]),
+        crun_cmd(&["start", sleeper]),
+        runc_cmd(&["create", "--bundle", &bundle_arg, sleeper]),
+        runc_cmd(&["start", sleeper]),
+    ])?;
+    std::fs::write(&config, &spec)?;
+    let mut exec = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..runs + 3 {
+        let e = [
+            time(&mut [ros_cmd(&["exec", sleeper, "/bin/true"])])?,
+            time(&mut [crun_cmd(&["exec", sleeper, "/bin/true"])])?,
+            time(&mut [runc_cmd(&["exec", sleeper, "/bin/true"])])?,
+        ];
+        if i >= 3 {
+            for k in 0..3 {
+                exec[k].push(e[k]);
+            }
+        }
+    }
+    for mut c in [
+        ros_cmd(&["delete", "--force", sleeper]),
+        crun_cmd(&["delete", "--force", sleeper]),
+        runc_cmd(&["delete", "--force", sleeper]),
+    ] {
+        let _ = c.output();
     }
     let _ = umount2(&b.join("rootfs"), MntFlags::MNT_DETACH);
     let _ = umount2(&b.join("rw"), MntFlags::MNT_DETACH);
     let _ = umount2(&cg2, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&work);
-    let (r, c, u) = (median(&ros_ms), median(&crun_ms), median(&runc_ms));
     println!(
-        "container start: /bin/true, every namespace, read-only overlay root; {runs} runs each, interleaved"
+        "ros-runtime, crun and runc on one busybox bundle (every namespace, read-only overlay root); {runs} runs each, interleaved"
     );
     println!(
-        "  ros-runtime  median {r:6.1} ms  best {:6.1} ms",
-        min(&ros_ms)
+        "crun runs with its cgroup manager disabled (this host's cgroups are hybrid); ros-runtime and runc make cgroups"
     );
-    println!(
-        "  crun         median {c:6.1} ms  best {:6.1} ms  (cgroup manager disabled: this host's cgroups are hybrid)",
-        min(&crun_ms)
-    );
-    println!(
-        "  runc         median {u:6.1} ms  best {:6.1} ms",
-        min(&runc_ms)
-    );
-    println!(
-        "  ros/crun {:.2}, ros/runc {:.2} (goal: ros no slower than crun)",
-        r / c,
-        r / u
-    );
+    for (what, ms) in [
+        ("run /bin/true", &run),
+        ("create + start + delete --force", &life),
+        ("exec /bin/true", &exec),
+    ] {
+        let [r, c, u] = [median(&ms[0]), median(&ms[1]), median(&ms[2])];
+        println!("{what}:");
+        println!(
+            "  ros-runtime  median {r:6.1} ms  best {:6.1} ms",
+            min(&ms[0])
+        );
+        println!(
+            "  crun         median {c:6.1} ms  best {:6.1} ms",
+            min(&ms[1])
+        );
+        println!(
+            "  runc         median {u:6.1} ms  best {:6.1} ms",
+            min(&ms[2])
+        );
+        println!("  ros/crun {:.2}, ros/runc {:.2}", r / c, r / u);
+    }
+    println!("(goal: ros/crun at most 0.7 for a container start)");
     Ok(())
 }
