@@ -502,8 +502,7 @@ impl Config {
 
     /// Builds the config of an OCI bundle (`config.json` + its root folder).
     pub fn from_bundle(id: &str, bundle: &Path) -> Result<Config> {
-        let spec = Spec::load(bundle.join("config.json"))
-            .map_err(|e| Error::Bundle(format!("{}: {e}", bundle.join("config.json").display())))?;
+        let spec = load_spec(&bundle.join("config.json"))?;
         Config::from_spec(id, bundle, &spec)
     }
 
@@ -804,6 +803,15 @@ impl Process {
             umask: user.umask(),
         })
     }
+}
+
+/// Reads a `config.json`; an error names the file, the line and the column, and what is wrong
+/// there (an unknown capability, a misspelt field type), where oci-spec's loader says only
+/// "serde failed".
+pub fn load_spec(path: &Path) -> Result<Spec> {
+    let text =
+        std::fs::read(path).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))
 }
 
 /// The spec versions this runtime reads: 1.0 to 1.2, as crun and runc (1.0.x-1.2.x).

@@ -72,6 +72,15 @@ pub fn run(kind: &str, hooks: &[Hook], state: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs every hook of `hooks`, a failure a logged warning (poststart, poststop).
+pub fn run_warning(kind: &str, hooks: &[Hook], state: &[u8]) {
+    for h in hooks {
+        if let Err(e) = run_one(h, state) {
+            log::warn!("{kind} hook {}: {e}", h.path.display());
+        }
+    }
+}
+
 fn run_one(h: &Hook, state: &[u8]) -> Result<(), String> {
     let mut cmd = Command::new(&h.path);
     if let Some((arg0, rest)) = h.args.split_first() {

@@ -210,8 +210,7 @@ impl Root {
     /// The container's config as it was created, with its bundle's paths.
     pub fn config(&self, r: &Record) -> Result<Config> {
         let path = self.dir(&r.id).join(CONFIG);
-        let spec = oci_spec::runtime::Spec::load(&path)
-            .map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+        let spec = crate::config::load_spec(&path)?;
         Config::from_spec(&r.id, &r.bundle, &spec)
     }
 
@@ -249,6 +248,8 @@ impl Root {
     fn hook_state(&self, r: &Record, status: Status) -> Vec<u8> {
         let mut s = self.state_of(r);
         s.status = status;
+        // The hooks get the pid even when the program has already ended.
+        s.pid = r.pid;
         serde_json::to_vec(&s).unwrap_or_default()
     }
 
@@ -275,8 +276,7 @@ impl Root {
         let bundle = std::fs::canonicalize(bundle)
             .map_err(|e| Error::Bundle(format!("{}: {e}", bundle.display())))?;
         let spec_path = bundle.join(CONFIG);
-        let spec = oci_spec::runtime::Spec::load(&spec_path)
-            .map_err(|e| Error::Bundle(format!("{}: {e}", spec_path.display())))?;
+        let spec = crate::config::load_spec(&spec_path)?;
         let cfg = Config::from_spec(id, &bundle, &spec)?;
         std::fs::create_dir_all(&self.path)
             .map_err(|e| Error::Spawn(format!("creating {}: {e}", self.path.display())))?;
@@ -342,7 +342,7 @@ impl Root {
             rootfs,
             cgroup: self.cgroup_root.join(&cfg.cgroup_path),
             created: now_rfc3339(),
-            annotations: oci_spec::runtime::Spec::load(dir.join(CONFIG))
+            annotations: crate::config::load_spec(&dir.join(CONFIG))
                 .ok()
                 .and_then(|s| s.annotations().clone())
                 .unwrap_or_default()
@@ -403,10 +403,12 @@ impl Root {
         }
         let fifo = self.dir(id).join(FIFO);
         let reader = open_fifo_reader(&fifo)?;
-        // The child opens the FIFO for writing and writes a byte; if it died first, nothing
-        // comes, and its end is seen instead.
+        // The child opens the FIFO for writing and writes a byte; its end stays open until
+        // the exec closes it, so end-of-file after the byte says the program runs (or the child
+        // ended). If it died before writing, nothing comes, and its end is seen instead.
         let mut f = std::fs::File::from(reader);
         let mut byte = [0u8; 1];
+        let mut got = false;
         loop {
             let mut fds = [nix::poll::PollFd::new(
                 f.as_fd(),
@@ -414,8 +416,14 @@ impl Root {
             )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             match f.read(&mut byte) {
-                Ok(1) => break,
+                Ok(1) => got = true,
+                // A reader opened before any writer reads end-of-file at once: only after the
+                // byte does it mean the exec.
+                Ok(_) if got => break,
                 Ok(_) | Err(_) if !alive(r.pid, r.pid_start) => {
+                    if got {
+                        break;
+                    }
                     return Err(Error::State(
                         "the container stopped before it started".into(),
                     ));
@@ -428,14 +436,12 @@ impl Root {
             return Ok(());
         }
         let cfg = self.config(&r)?;
-        if let Err(e) = crate::hooks::run(
+        // The spec: a failed poststart hook is a warning; the others and the container go on.
+        crate::hooks::run_warning(
             "poststart",
             &cfg.hooks.poststart,
             &self.hook_state(&r, Status::Running),
-        ) {
-            // The spec: a failed poststart hook is a warning; the container goes on.
-            log::warn!("{e}");
-        }
+        );
         Ok(())
     }
 
@@ -507,14 +513,12 @@ impl Root {
             Ok(())
         };
         let _ = std::fs::remove_dir_all(self.dir(id));
-        if let Some(cfg) = cfg
-            && let Err(e) = crate::hooks::run(
+        if let Some(cfg) = cfg {
+            crate::hooks::run_warning(
                 "poststop",
                 &cfg.hooks.poststop,
                 &self.hook_state(&r, Status::Stopped),
-            )
-        {
-            log::warn!("{e}");
+            );
         }
         removed
     }

@@ -588,5 +588,8 @@ fn wait_for_start(fifo: &OwnedFd, report: &OwnedFd) -> std::result::Result<(), S
     )
     .map_err(|e| format!("opening the exec FIFO (is /proc mounted in the container?): {e}"))?;
     nix::unistd::write(&w, b"0").map_err(|e| format!("writing the exec FIFO: {e}"))?;
+    // The write end stays open until the exec closes it (close-on-exec): `start` reads to
+    // end-of-file, so it returns (and runs the poststart hooks) once the program runs.
+    std::mem::forget(w);
     Ok(())
 }

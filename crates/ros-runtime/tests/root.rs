@@ -449,3 +449,197 @@ fn devices_outside_the_allowed_set_can_be_neither_made_nor_opened() {
     let out = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("kmsg=0") && out.contains("mknod=0"), "{out}");
 }
+
+/// `ros-runtime ARGS` with its state under `root`.
+fn runtime(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("ros-runtime")
+}
+
+fn status_of(root: &Path, id: &str) -> String {
+    let s: Value = serde_json::from_str(&ok(&runtime(root, &["state", id]))).expect("state");
+    s["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_lifecycle_across_invocations() {
+    require_root();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.config["root"]["readonly"] = json!(false);
+    std::fs::write(b.path().join("config.json"), b.config.to_string()).expect("write");
+    let root = b.path().join("state");
+    let pid_file = b.path().join("pid");
+    let id = id("life");
+    let bundle = b.path().display().to_string();
+    // The created container's streams must not be pipes that `output()` waits on.
+    let created = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", &bundle, "--pid-file"])
+        .arg(&pid_file)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("create");
+    assert!(created.success());
+    let state: Value = serde_json::from_str(&ok(&runtime(&root, &["state", &id]))).expect("json");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["ociVersion"], "1.2.0");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    assert_eq!(state["pid"].to_string(), pid);
+    assert!(ok(&runtime(&root, &["list"])).contains(&format!("{id}\t{pid}\tcreated")));
+    // Not stopped: delete refuses (the spec), and says why.
+    let o = runtime(&root, &["delete", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not stopped: created"));
+
+    ok(&runtime(&root, &["start", &id]));
+    assert_eq!(status_of(&root, &id), "running");
+    let o = runtime(&root, &["start", &id]);
+    assert_eq!(o.status.code(), Some(1), "a second start is an error");
+    let pids: Vec<i32> =
+        serde_json::from_str(&ok(&runtime(&root, &["ps", "--format", "json", &id]))).expect("ps");
+    assert_eq!(pids, [pid.trim().parse::<i32>().expect("pid")]);
+
+    // exec: the status comes back; HOME is set (no /etc/passwd here: `/`); a missing cwd made.
+    let o = runtime(
+        &root,
+        &[
+            "exec",
+            "--cwd",
+            "/made/here",
+            &id,
+            "sh",
+            "-c",
+            "echo $HOME $(pwd); exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "/ /made/here");
+
+    ok(&runtime(&root, &["pause", &id]));
+    assert_eq!(status_of(&root, &id), "paused");
+    ok(&runtime(&root, &["resume", &id]));
+    assert_eq!(status_of(&root, &id), "running");
+    ok(&runtime(&root, &["kill", &id, "KILL"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status_of(&root, &id) != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = runtime(&root, &["kill", &id, "KILL"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("container not running"));
+    ok(&runtime(&root, &["delete", &id]));
+    let o = runtime(&root, &["state", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state() {
+    require_root();
+    let mut b = Bundle::new(&["sh", "-c", "echo program >> /tmp/hooks"]);
+    b.config["root"]["readonly"] = json!(false);
+    let log = b.path().join("rootfs/tmp/hooks");
+    // Each hook writes its kind and the status it was given; startContainer runs inside the
+    // container (after pivot_root), so it writes the container's path.
+    let hook = |kind: &str, file: &str| {
+        json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("read s; echo {kind} $(echo \"$s\" | grep -o '\"status\":\"[a-z]*\"') >> {file}")],
+        })
+    };
+    let host = log.display().to_string();
+    b.config["hooks"] = json!({
+        "prestart": [hook("prestart", &host)],
+        "createRuntime": [hook("createRuntime", &host)],
+        "createContainer": [hook("createContainer", &host)],
+        "startContainer": [hook("startContainer", "/tmp/hooks")],
+        "poststart": [hook("poststart", &host)],
+        "poststop": [hook("poststop", &host)],
+    });
+    let o = b.run(&id("hooks"));
+    ok(&o);
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .expect("hooks log")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "prestart \"status\":\"created\"",
+            "createRuntime \"status\":\"created\"",
+            "createContainer \"status\":\"created\"",
+            "startContainer \"status\":\"created\"",
+            "program",
+            "poststart \"status\":\"running\"",
+            "poststop \"status\":\"stopped\"",
+        ]
+    );
+}
+
+#[test]
+fn security_settings_that_cannot_be_applied_are_refused() {
+    require_root();
+    for (field, value, says) in [
+        (
+            "/process/apparmorProfile",
+            json!("acme"),
+            "AppArmor is not enabled",
+        ),
+        (
+            "/linux/mountLabel",
+            json!("system_u:object_r:x:s0"),
+            "mount labels are not supported",
+        ),
+        (
+            "/ociVersion",
+            json!("2.0.0"),
+            "ociVersion `2.0.0` is not supported",
+        ),
+        (
+            "/linux/seccomp",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}),
+            "is not supported",
+        ),
+    ] {
+        let mut b = Bundle::new(&["true"]);
+        let (parent, key) = field.rsplit_once('/').expect("path");
+        let target = if parent.is_empty() {
+            &mut b.config
+        } else {
+            b.config.pointer_mut(parent).expect("parent")
+        };
+        target[key] = value;
+        let o = b.run(&id("refused"));
+        assert_eq!(o.status.code(), Some(1), "{field}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{field}: {err}");
+    }
+}
+
+#[test]
+fn features_says_what_is_supported() {
+    let o = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .arg("features")
+        .output()
+        .expect("features");
+    let f: Value = serde_json::from_str(&ok(&o)).expect("json");
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert_eq!(f["linux"]["cgroup"]["v2"], true);
+    assert!(
+        f["hooks"]
+            .as_array()
+            .is_some_and(|h| h.len() == 6 && h.contains(&json!("createContainer")))
+    );
+}
