@@ -86,6 +86,26 @@ fn join(root: &str, abs: &str) -> String {
     )
 }
 
+/// Binds `source` on `target` (recursively or not), then makes it read-only, nosuid, nodev and
+/// noexec.
+fn read_only_bind(steps: &mut Vec<Step>, source: String, target: String, recursive: bool) {
+    steps.push(Step::Mount {
+        source,
+        target: target.clone(),
+        fstype: "bind".into(),
+        flags: if recursive {
+            MsFlags::MS_BIND | MsFlags::MS_REC
+        } else {
+            MsFlags::MS_BIND
+        },
+        data: String::new(),
+    });
+    steps.push(Step::RemountBind {
+        target,
+        flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    });
+}
+
 /// The setup steps for `cfg`.
 pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
     let mut steps = vec![Step::Propagation {
@@ -193,20 +213,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
             && cfg.namespaces.user == NsMode::New
             && cfg.namespaces.cgroup != NsMode::New
         {
-            steps.push(Step::Mount {
-                source: paths.cgroup.display().to_string(),
-                target: target.clone(),
-                fstype: "bind".into(),
-                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-                data: String::new(),
-            });
-            steps.push(Step::RemountBind {
-                target,
-                flags: MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC,
-            });
+            read_only_bind(&mut steps, paths.cgroup.display().to_string(), target, true);
             continue;
         }
         // A cgroup2 mount without a cgroup namespace of its own would show the host's tree.
@@ -217,20 +224,7 @@ pub fn plan(cfg: &Config, paths: &Paths) -> Vec<Step> {
             // A sysfs of the host's network namespace: bind the host's, read-only. Not
             // recursively: the host's cgroup2 mount would come along, and the container's own
             // cgroup2 mount on the same place would then fail with EBUSY.
-            steps.push(Step::Mount {
-                source: "/sys".into(),
-                target: target.clone(),
-                fstype: "bind".into(),
-                flags: MsFlags::MS_BIND,
-                data: String::new(),
-            });
-            steps.push(Step::RemountBind {
-                target,
-                flags: MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC,
-            });
+            read_only_bind(&mut steps, "/sys".into(), target, false);
             continue;
         }
         if m.is_bind() {
