@@ -530,14 +530,44 @@ fn the_lifecycle_across_invocations() {
     assert_eq!(status_of(&root, &id), "paused");
     ok(&runtime(&root, &["resume", &id]));
     assert_eq!(status_of(&root, &id), "running");
-    ok(&runtime(&root, &["kill", &id, "KILL"]));
+    // --all signals every process of the container (here the one).
+    ok(&runtime(&root, &["kill", "--all", &id, "KILL"]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while status_of(&root, &id) != "stopped" {
         assert!(std::time::Instant::now() < deadline, "never stopped");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let o = runtime(&root, &["kill", &id, "KILL"]);
+    // An error goes to stderr and, with --log, to the log as a JSON line (what podman reads).
+    let log = b.path().join("log.json");
+    let log_arg = log.display().to_string();
+    let o = runtime(
+        &root,
+        &[
+            "--log",
+            &log_arg,
+            "--log-format",
+            "json",
+            "kill",
+            &id,
+            "KILL",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("container not running"));
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("JSON");
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("container not running"))
+    );
     ok(&runtime(&root, &["delete", &id]));
     let o = runtime(&root, &["state", &id]);
     assert_eq!(o.status.code(), Some(1));
