@@ -143,21 +143,9 @@ impl SshKey {
 
     /// Copies the local file `from` to `to` in the console (as root, mode 755), over SSH.
     pub fn copy_to(&self, port: u16, from: &std::path::Path, to: &str) -> Result<()> {
-        let out = std::process::Command::new("ssh")
-            .args(["-p", &port.to_string(), "-i"])
-            .arg(&self.private)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
-                "root@127.0.0.1",
-                &format!("cat > {to} && chmod 755 {to}"),
-            ])
+        let out = self
+            .ssh(port, "root")
+            .arg(format!("cat > {to} && chmod 755 {to}"))
             .stdin(std::fs::File::open(from)?)
             .output()?;
         anyhow::ensure!(
@@ -169,28 +157,33 @@ impl SshKey {
         Ok(())
     }
 
+    /// `ssh` to `user` on the forwarded `port` with this key, no host key checks, no prompts;
+    /// the remote command is the caller's to add.
+    fn ssh(&self, port: u16, user: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ssh");
+        c.args(["-p", &port.to_string(), "-i"])
+            .arg(&self.private)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "BatchMode=yes",
+                &format!("{user}@127.0.0.1"),
+            ]);
+        c
+    }
+
     /// As [`SshKey::run`], logged in as `user`.
     pub fn run_as(&self, user: &str, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let out = std::process::Command::new("ssh")
-                .args(["-p", &port.to_string(), "-i"])
-                .arg(&self.private)
-                .args([
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "-o",
-                    "ConnectTimeout=10",
-                    "-o",
-                    "BatchMode=yes",
-                    &format!("{user}@127.0.0.1"),
-                    cmd,
-                ])
-                .output()?;
+            let out = self.ssh(port, user).arg(cmd).output()?;
             // 255: ssh itself failed (no connection yet); anything else is the command's.
             if out.status.code() != Some(255) {
                 anyhow::ensure!(

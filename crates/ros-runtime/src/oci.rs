@@ -297,7 +297,7 @@ impl Root {
             preserve_fds: o.preserve_fds,
         };
         let r = self
-            .create_in(&dir, id, &bundle, &spec_path, &cfg, &o)
+            .create_in(&dir, id, &bundle, (&spec_path, &spec), &cfg, &o)
             .map(|pid| Created {
                 pid,
                 started: o.no_wait,
@@ -313,7 +313,7 @@ impl Root {
         dir: &Path,
         id: &str,
         bundle: &Path,
-        spec_path: &Path,
+        (spec_path, spec): (&Path, &oci_spec::runtime::Spec),
         cfg: &Config,
         o: &CreateOptions,
     ) -> Result<i32> {
@@ -342,9 +342,9 @@ impl Root {
             rootfs,
             cgroup: self.cgroup_root.join(&cfg.cgroup_path),
             created: now_rfc3339(),
-            annotations: crate::config::load_spec(&dir.join(CONFIG))
-                .ok()
-                .and_then(|s| s.annotations().clone())
+            annotations: spec
+                .annotations()
+                .clone()
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
