@@ -27,8 +27,10 @@ fn api_flood(arch: Arch) -> Result<()> {
     );
 
     // The flood happened, and every attempt was turned away: by the kernel (the socket is
-    // root's) or, had one connected, by the init.
-    ensure!(f.attempts >= 10_000, "only {} attempts: {r}", f.attempts);
+    // root's) or, had one connected, by the init. How many batches of 1,000 fit in the
+    // window depends on how fast TCG runs on a loaded host (8,000 to 58,000 seen); four full
+    // batches show the flood lasted through the measurements.
+    ensure!(f.attempts >= 4_000, "only {} attempts: {r}", f.attempts);
     ensure!(
         f.other_errors == 0 && f.denied + f.refused == f.attempts,
         "a non-root connection was not turned away: {r}"
