@@ -5,11 +5,8 @@
 //! over it, and this process copies between its own terminal (put in raw mode) and that master
 //! until the init answers that the command ended. Exits with the command's status.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 
-use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ros_api::{Reply, Request, Response};
 
 use super::Cli;
@@ -53,58 +50,6 @@ fn fail(what: &str) -> impl FnOnce(nix::errno::Errno) -> u8 + '_ {
     }
 }
 
-/// Puts a terminal in raw mode until dropped.
-struct Raw {
-    fd: std::io::Stdin,
-    saved: nix::sys::termios::Termios,
-}
-
-impl Raw {
-    fn new() -> Option<Raw> {
-        let fd = std::io::stdin();
-        let saved = nix::sys::termios::tcgetattr(fd.as_fd()).ok()?;
-        let mut raw = saved.clone();
-        nix::sys::termios::cfmakeraw(&mut raw);
-        nix::sys::termios::tcsetattr(fd.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw).ok()?;
-        Some(Raw { fd, saved })
-    }
-}
-
-impl Drop for Raw {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            self.fd.as_fd(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
-    }
-}
-
-/// Receives a terminal's master over `sock` (SCM_RIGHTS).
-fn recv_master(sock: &OwnedFd) -> Result<OwnedFd, String> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::FromRawFd;
-    let mut data = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut data)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| e.to_string())?;
-    for c in msg.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmRights(fds) = c
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the kernel just gave this process the descriptor; nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    Err("no terminal came back".into())
-}
-
 fn with_terminal(cli: &Cli, req: Request) -> Result<Reply, u8> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
@@ -123,7 +68,7 @@ fn with_terminal(cli: &Cli, req: Request) -> Result<Reply, u8> {
         let _ = tx.send(r);
     });
     // The master comes, or the socket closes (the command could not start: the answer says why).
-    let master = match recv_master(&ours) {
+    let master = match ros_tty::recv_master(ours.as_fd()) {
         Ok(m) => m,
         Err(e) => {
             let _ = waiter.join();
@@ -140,74 +85,26 @@ fn with_terminal(cli: &Cli, req: Request) -> Result<Reply, u8> {
         }
     };
     drop(ours);
-    // The command's terminal has this one's size.
-    let mut size = nix::pty::Winsize {
-        ws_row: 24,
-        ws_col: 80,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ and TIOCSWINSZ read and write a winsize through a valid pointer.
-    unsafe {
-        libc::ioctl(0, libc::TIOCGWINSZ, &raw mut size);
-        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size);
-    }
-    let raw = Raw::new();
-    let mut master = std::fs::File::from(master);
-    let mut stdin_open = true;
-    let mut buf = [0u8; 8192];
-    let reply = loop {
-        if let Ok(r) = rx.try_recv() {
-            break r;
+    let mut proxy = ros_tty::Proxy::new(master);
+    let mut reply = None;
+    proxy.run(None, |_, _| match rx.try_recv() {
+        Ok(r) => {
+            reply = Some(r);
+            true
         }
-        let stdin = std::io::stdin();
-        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-        if stdin_open {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
-        let _ = poll(&mut fds, PollTimeout::from(50u16));
-        let (from_master, from_stdin) = (
-            fds[0].revents().unwrap_or(PollFlags::empty()),
-            fds.get(1)
-                .and_then(PollFd::revents)
-                .unwrap_or(PollFlags::empty()),
-        );
-        drop(fds);
-        if from_master.intersects(PollFlags::POLLIN) {
-            match master.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    let mut out = std::io::stdout();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
-                }
-                _ => {}
-            }
-        }
-        if from_stdin.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
-            match std::io::stdin().read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    let _ = master.write_all(&buf[..n]);
-                }
-                _ => stdin_open = false,
-            }
-        }
-    };
+        Err(std::sync::mpsc::TryRecvError::Empty) => false,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
+    });
+    drop(proxy);
     let _ = waiter.join();
-    // What the command wrote last, still in the terminal.
-    let _ = nix::fcntl::fcntl(
-        master.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
-    );
-    while let Ok(n) = master.read(&mut buf) {
-        if n == 0 {
-            break;
+    match reply {
+        Some(r) => r.map_err(|e| {
+            eprintln!("ros: {e}");
+            super::EXIT_UNREACHABLE
+        }),
+        None => {
+            eprintln!("ros: the request ended without an answer");
+            Err(super::EXIT_UNREACHABLE)
         }
-        let _ = std::io::stdout().write_all(&buf[..n]);
     }
-    let _ = std::io::stdout().flush();
-    drop(raw);
-    reply.map_err(|e| {
-        eprintln!("ros: {e}");
-        super::EXIT_UNREACHABLE
-    })
 }

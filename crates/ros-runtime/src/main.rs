@@ -8,7 +8,7 @@
 //! foreground end with the process's status (128 + the signal when it was killed).
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -516,22 +516,106 @@ fn wait_forwarding(set: &SigSet, pid: Pid) -> anyhow::Result<u8> {
 
 fn run_container(root: &Root, a: &CreateArgs, detach: bool) -> anyhow::Result<u8> {
     let set = if detach { None } else { Some(forwarded()?) };
+    // A terminal in the foreground without a console socket: this process takes the master
+    // (over a socket of its own, as runc's recvtty does) and shows the terminal on its own.
+    let own_tty = !detach
+        && a.console_socket.is_none()
+        && ros_runtime::config::load_spec(&a.bundle.join("config.json"))
+            .ok()
+            .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+            .unwrap_or(false);
+    let listener = if own_tty {
+        std::fs::create_dir_all(&root.path)
+            .with_context(|| format!("creating {}", root.path.display()))?;
+        let path = root.path.join(format!(".{}.tty", a.id));
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("listening on {}", path.display()))?;
+        Some((l, path))
+    } else {
+        None
+    };
+    let mut opts = create_options(a, true);
+    if let Some((_, path)) = &listener {
+        opts.console_socket = Some(path.clone());
+    }
     // Without hooks between create and start, the program runs as soon as it is set up: no
     // FIFO, no second step.
-    let c = root.create(&a.id, &a.bundle, &create_options(a, true))?;
+    let created = root.create(&a.id, &a.bundle, &opts);
+    if let Some((_, path)) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    let c = created?;
     if !c.started
         && let Err(e) = root.start(&a.id)
     {
         let _ = root.delete(&a.id, true);
         return Err(e.into());
     }
-    let pid = c.pid;
+    let pid = Pid::from_raw(c.pid);
     let Some(set) = set else {
         return Ok(0);
     };
-    let code = wait_forwarding(&set, Pid::from_raw(pid))?;
+    let code = match listener {
+        Some((l, _)) => {
+            // The runtime connected during create: the connection waits in the backlog.
+            let shown = l
+                .accept()
+                .context("taking the terminal")
+                .and_then(|(conn, _)| {
+                    ros_tty::recv_master(std::os::fd::AsFd::as_fd(&conn))
+                        .map_err(|e| anyhow::anyhow!("taking the terminal: {e}"))
+                })
+                .and_then(|master| show_terminal(master, &set, pid));
+            match shown {
+                Ok(code) => code,
+                Err(e) => {
+                    let _ = root.delete(&a.id, true);
+                    return Err(e);
+                }
+            }
+        }
+        None => wait_forwarding(&set, pid)?,
+    };
     root.delete(&a.id, true)?;
     Ok(code)
+}
+
+/// Shows a container's terminal on this process's own until `pid` ends, passing signals on
+/// (SIGWINCH gives the terminal this one's new size); returns its exit code.
+fn show_terminal(master: OwnedFd, set: &SigSet, pid: Pid) -> anyhow::Result<u8> {
+    let sfd = nix::sys::signalfd::SignalFd::with_flags(
+        set,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )?;
+    let mut proxy = ros_tty::Proxy::new(master);
+    let mut code = None;
+    proxy.run(Some(std::os::fd::AsFd::as_fd(&sfd)), |_, proxy| {
+        while let Ok(Some(info)) = sfd.read_signal() {
+            match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
+                Ok(Signal::SIGCHLD) | Err(_) => {}
+                Ok(Signal::SIGWINCH) => proxy.resize(),
+                Ok(sig) => {
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+        }
+        // Reap what ended (as a subreaper, adopted processes too); stop when `pid` did.
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(s) if s.pid() == Some(pid) => {
+                    if let Some(c) = exit_code(s) {
+                        code = Some(c);
+                    }
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        code.is_some()
+    });
+    drop(proxy);
+    Ok(code.unwrap_or(1))
 }
 
 fn exec(
@@ -542,16 +626,25 @@ fn exec(
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<u8> {
-    if p.terminal && console_socket.is_none() {
-        bail!("exec --tty needs --console-socket to send the terminal to");
+    if p.terminal && console_socket.is_none() && detach {
+        bail!("exec --tty --detach needs --console-socket to send the terminal to");
     }
-    let console = console_socket
-        .map(|s| {
+    // Without a console socket the terminal is shown here: one end of a socket pair is the
+    // console socket, the master comes back over the other.
+    let mut own_tty = None;
+    let console = match console_socket {
+        Some(s) => Some(
             std::os::unix::net::UnixStream::connect(s)
                 .map(OwnedFd::from)
-                .with_context(|| format!("connecting to {}", s.display()))
-        })
-        .transpose()?;
+                .with_context(|| format!("connecting to {}", s.display()))?,
+        ),
+        None if p.terminal => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            own_tty = Some(OwnedFd::from(ours));
+            Some(OwnedFd::from(theirs))
+        }
+        None => None,
+    };
     // The helper reports the process's pid and ends; the process is then this one's (a
     // subreaper) to wait for, or, detached, the nearest subreaper's above (conmon's).
     nix::sys::prctl::set_child_subreaper(true)?;
@@ -581,10 +674,15 @@ fn exec(
             .and_then(|()| std::fs::rename(&tmp, f))
             .with_context(|| format!("writing {}", f.display()))?;
     }
-    let _ = console.as_ref().map(AsRawFd::as_raw_fd);
-    match set {
-        None => Ok(0),
-        Some(set) => wait_forwarding(&set, Pid::from_raw(pid)),
+    drop(console);
+    match (set, own_tty) {
+        (None, _) => Ok(0),
+        (Some(set), Some(ours)) => {
+            let master = ros_tty::recv_master(std::os::fd::AsFd::as_fd(&ours))
+                .map_err(|e| anyhow::anyhow!("taking the terminal: {e}"))?;
+            show_terminal(master, &set, Pid::from_raw(pid))
+        }
+        (Some(set), None) => wait_forwarding(&set, Pid::from_raw(pid)),
     }
 }
 

@@ -125,6 +125,23 @@ pub fn alive(pid: i32, start: u64) -> bool {
     pid > 0 && proc_stat(pid).is_some_and(|(s, t)| t == start && !matches!(s, 'Z' | 'X' | 'x'))
 }
 
+/// Waits, at most `limit`, until the process `pid` has run up to its first wait (sleeping or
+/// stopped) or ended. The poststart hooks run after it: the spec puts them after the program
+/// starts, and without this the program and the hooks race from the same instant (on a busy
+/// machine the hook's first write often came first; the OCI suite's poststart test checks the
+/// program's write is there before the hook's).
+fn settle(pid: i32, start: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match proc_stat(pid) {
+            Some((state, t)) if t == start && matches!(state, 'R' | 'D') => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => return,
+        }
+    }
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound(id.to_string())
 }
@@ -436,6 +453,9 @@ impl Root {
             return Ok(());
         }
         let cfg = self.config(&r)?;
+        if !cfg.hooks.poststart.is_empty() {
+            settle(r.pid, r.pid_start, Duration::from_millis(100));
+        }
         // The spec: a failed poststart hook is a warning; the others and the container go on.
         crate::hooks::run_warning(
             "poststart",

@@ -5,6 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -281,6 +282,27 @@ fn hostname_env_user_and_rlimits() {
     );
     assert_eq!(lines[3], "100");
     assert_eq!(lines[4], "/tmp");
+}
+
+#[test]
+fn the_scheduler_sets_the_programs_nice_value() {
+    require_root();
+    // Field 19 of /proc/self/stat is the nice value (the shell's, which cat's matches).
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "read -r s </proc/self/stat; set -- $s; echo ${19}",
+    ]);
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "nice": 7});
+    assert_eq!(ok(&b.run(&id("nice"))).trim(), "7");
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_RR", "priority": 1});
+    let out = b.run(&id("rr"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only SCHED_OTHER"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -572,6 +594,79 @@ fn the_lifecycle_across_invocations() {
     let o = runtime(&root, &["state", &id]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+/// `ros-runtime ARGS` with `input` on its standard input (a pipe, so not a terminal); its
+/// output and status, or a failure after 30 s.
+fn runtime_typed(root: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ros-runtime");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("typing");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = tx.send(());
+    let _ = watchdog.join();
+    out
+}
+
+#[test]
+fn a_terminal_in_the_foreground_without_a_console_socket() {
+    require_root();
+    // run: the program's terminal is shown on ros-runtime's own streams, typed input and all.
+    let mut b = Bundle::new(&["sh"]);
+    b.config["process"]["terminal"] = json!(true);
+    b.config["root"]["readonly"] = json!(false);
+    std::fs::write(b.path().join("config.json"), b.config.to_string()).expect("write");
+    let root = b.path().join("state");
+    let bundle = b.path().display().to_string();
+    let o = runtime_typed(
+        &root,
+        &["run", "--bundle", &bundle, &id("tty-run")],
+        "tty; echo $((40 + 2)); exit 5\n",
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(out.contains("/dev/pts/") && out.contains("42"), "{out}");
+
+    // exec -t into a running container: the same.
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.config["root"]["readonly"] = json!(false);
+    std::fs::write(b.path().join("config.json"), b.config.to_string()).expect("write");
+    let bundle = b.path().display().to_string();
+    let id = id("tty-exec");
+    let created = Command::new(env!("CARGO_BIN_EXE_ros-runtime"))
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--detach", "--bundle", &bundle, &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run");
+    assert!(created.success());
+    let o = runtime_typed(&root, &["exec", "-t", &id, "sh"], "tty; exit 4\n");
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    ok(&runtime(&root, &["delete", "--force", &id]));
 }
 
 #[test]
