@@ -97,6 +97,9 @@ pub struct Process {
     /// An AppArmor profile or SELinux label to exec under; refused where that LSM is off.
     pub lsm: Option<Lsm>,
     pub umask: Option<u32>,
+    /// The program's nice value (`process.scheduler.nice`, policy SCHED_OTHER); `None` keeps
+    /// the caller's. Set just before the exec, so the setup runs at the caller's priority.
+    pub nice: Option<i32>,
 }
 
 /// A security module's label for the program.
@@ -787,6 +790,25 @@ impl Process {
         if let Some(l) = &lsm {
             crate::lsm::check(l)?;
         }
+        let nice = match process.scheduler() {
+            None => None,
+            Some(s) if *s.policy() == oci_spec::runtime::LinuxSchedulerPolicy::SchedOther => {
+                if let Some(n) = *s.nice()
+                    && !(-20..=19).contains(&n)
+                {
+                    return Err(Error::Config(format!(
+                        "process.scheduler.nice {n}: out of -20..19"
+                    )));
+                }
+                *s.nice()
+            }
+            Some(s) => {
+                return Err(Error::Config(format!(
+                    "process.scheduler.policy {}: only SCHED_OTHER (with nice) is supported",
+                    s.policy()
+                )));
+            }
+        };
         Ok(Process {
             args: process.args().clone().unwrap_or_default(),
             env: process.env().clone().unwrap_or_default(),
@@ -801,6 +823,7 @@ impl Process {
             terminal: process.terminal().unwrap_or(false),
             lsm,
             umask: user.umask(),
+            nice,
         })
     }
 }
@@ -1014,6 +1037,33 @@ mod tests {
         let e = Config::from_spec("c1", Path::new("/b"), &s).expect_err("no mount ns");
         assert!(e.to_string().contains("new mount namespace"), "{e}");
         assert!(Config::from_spec("bad id!", Path::new("/b"), &spec()).is_err());
+    }
+
+    #[test]
+    fn nice_from_the_scheduler() {
+        let with = |sched: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(BUNDLE).expect("json");
+            v["process"]["scheduler"] = sched;
+            let s: Spec = serde_json::from_value(v).expect("spec");
+            Config::from_spec("c1", Path::new("/b"), &s).map(|c| c.process.nice)
+        };
+        assert_eq!(
+            spec()
+                .process()
+                .as_ref()
+                .and_then(|p| p.scheduler().clone()),
+            None
+        );
+        let c = Config::from_spec("c1", Path::new("/b"), &spec()).expect("config");
+        assert_eq!(c.process.nice, None, "no scheduler: the caller's");
+        assert_eq!(
+            with(serde_json::json!({"policy": "SCHED_OTHER", "nice": 5})).expect("other"),
+            Some(5)
+        );
+        let e = with(serde_json::json!({"policy": "SCHED_OTHER", "nice": 40})).expect_err("range");
+        assert!(e.to_string().contains("out of -20..19"), "{e}");
+        let e = with(serde_json::json!({"policy": "SCHED_FIFO", "priority": 1})).expect_err("fifo");
+        assert!(e.to_string().contains("only SCHED_OTHER"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,24 @@ pub fn exec(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> String
 
 enum Never {}
 
+/// This thread's nice value.
+fn current_nice() -> i32 {
+    // SAFETY: getpriority takes no pointers. -1 is also a valid value: errno tells them apart,
+    // and for this process (who 0) it cannot fail.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+fn set_nice(n: i32) -> Result<(), String> {
+    // SAFETY: setpriority takes no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+        return Err(format!(
+            "setting nice {n}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Never, String> {
     let p = &cfg.process;
     // A working folder missing from the image is made, as crun and runc do.
@@ -97,6 +115,17 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
     if !p.no_new_privileges {
         crate::seccomp::apply(seccomp).map_err(|err| err.to_string())?;
     }
+    // The nice value: as late as can be, so that everything up to the exec runs at the caller's
+    // priority (the init's, above the services'), for the shim and the program each just
+    // before its exec. A value below the current one needs CAP_SYS_NICE: that is set now,
+    // while the capabilities are still there.
+    let late_nice = match p.nice {
+        Some(n) if n < current_nice() => {
+            set_nice(n)?;
+            None
+        }
+        other => other,
+    };
     if let Some(c) = &p.capabilities {
         let keep = set_of(&c.bounding);
         for cap in caps::all() {
@@ -136,7 +165,13 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
     if cfg.init {
         // SAFETY: single-threaded here; the child goes on to exec, the parent never returns.
         match unsafe { nix::unistd::fork() }.map_err(e("fork"))? {
-            nix::unistd::ForkResult::Parent { child } => crate::shim::start(shim, child),
+            nix::unistd::ForkResult::Parent { child } => {
+                if let Some(n) = late_nice {
+                    // The shim is this process from here: with the program's priority.
+                    let _ = set_nice(n);
+                }
+                crate::shim::start(shim, child)
+            }
             nix::unistd::ForkResult::Child => {}
         }
     }
@@ -162,6 +197,9 @@ fn run(cfg: &Config, seccomp: &[BpfProgram], shim: Option<RawFd>) -> Result<Neve
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let path_c = cstr(&path)?;
+    if let Some(n) = late_nice {
+        set_nice(n)?;
+    }
     let err = nix::unistd::execve(&path_c, &args, &env).err();
     Err(format!(
         "exec {path}: {}",

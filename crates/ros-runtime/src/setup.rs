@@ -602,6 +602,7 @@ mod tests {
                 terminal: false,
                 lsm: None,
                 umask: None,
+                nice: None,
             },
             cgroup_path: "c1".into(),
             resources: Resources::default(),

@@ -71,6 +71,19 @@ pub fn main() -> ! {
     }
     logger::init(false, true);
     let started = uptime_ms();
+    // The init runs above the default priority: until the ready line its work is the boot's
+    // critical path, and the services it has started (their own start-up, shell scripts and
+    // all) should not delay it; after, the supervisor's loop and the API stay quick while a
+    // service spins. Set before any thread exists (threads inherit it); containers' setups
+    // inherit it too, and each service's program is put back at nice 0 just before its exec
+    // (ros_runtime::Process::nice).
+    // SAFETY: setpriority takes no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, INIT_NICE) } != 0 {
+        log::warn!(
+            "cannot raise the init's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     log::info!(
         "ros {} init starting at {started} ms",
         env!("CARGO_PKG_VERSION")
@@ -154,6 +167,9 @@ fn serial_console(sysfs: &Path) -> Option<String> {
         .find(|n| n.starts_with("ttyS") || n.starts_with("ttyAMA") || n.starts_with("hvc"))?;
     Some(format!("/dev/{name}"))
 }
+
+/// The init's nice value (the services run at 0).
+const INIT_NICE: i32 = -10;
 
 /// Modules that devices ask for but that nothing before the ready line needs (the power
 /// button's, the control port's); loaded right after it.
@@ -255,9 +271,11 @@ async fn boot(started: u64) -> ! {
         (None, None) => {}
     }
 
+    let t = uptime_ms();
     let ctx = Context::shipped(ros_config::system::Facts {
         serial_console: serial_console(Path::new("/sys")),
     });
+    log::debug!("shipped definitions read in {} ms", uptime_ms() - t);
     let loaded = tl.phase("config", || {
         match config::nocloud::read(&sys, loader.as_mut()) {
             Ok(Some(drive)) => {
@@ -339,8 +357,13 @@ async fn boot(started: u64) -> ! {
 
     let boot_diff = ros_config::diff::diff(None, &loaded, &m.current.ctx);
     tl.phase_async("services", async {
+        let t = uptime_ms();
         m.sup =
             crate::services::prepare(&sys, m.loader.as_mut(), state::mounts(&state), &mut errors);
+        log::debug!(
+            "services: modules, root switch and image store in {} ms",
+            uptime_ms() - t
+        );
         let notes = apply::services(&boot_diff, &mut m);
         errors.extend(notes.errors);
         // The ready line shows the services as their setups ended (the main loop would handle
@@ -396,6 +419,13 @@ async fn boot(started: u64) -> ! {
         },
         memory: ready::memory(),
     };
+    // How much of the boot so far the CPU waited (for devices, the network), for the debug log.
+    if let Some(idle) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().nth(1)?.parse::<f64>().ok())
+    {
+        log::debug!("the CPUs were idle {:.0} ms until now", idle * 1000.0);
+    }
     logger::console_write(&report::line(&r));
     api_ctx.set_ready(r);
 

@@ -184,6 +184,11 @@ impl Supervisor {
             });
             cmds.extend(self.machine.redefine(policy, now));
         }
+        log::debug!(
+            "services: {} definitions resolved in {} ms",
+            d.changed.len(),
+            crate::platform::clock::uptime_ms().saturating_sub(now)
+        );
         self.run(cmds, now);
         (done, problems)
     }

@@ -248,6 +248,8 @@ pub fn resolve(
             terminal: false,
             lsm: None,
             umask: None,
+            // The init runs above the default priority (boot::main); its services do not.
+            nice: Some(0),
         },
         cgroup_path: PathBuf::from("ros").join(name),
         resources,
