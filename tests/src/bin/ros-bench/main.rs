@@ -1,4 +1,4 @@
-//! `ros-bench`: the benchmarks (`runtime`, `boot`, `services`, `storage`, `config`, `flood`;
+//! `ros-bench`: the benchmarks (`runtime`, `boot`, `peer`, `services`, `storage`, `config`, `flood`;
 //! see BENCHMARKS.md).
 //! `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
 //! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
@@ -11,6 +11,7 @@
 
 mod config;
 mod flood;
+mod peer;
 mod runtime;
 mod services;
 
@@ -40,6 +41,13 @@ enum Cli {
         /// vCPUs of the guests.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+    },
+    /// ros's boot against a busybox shell doing the same job as PID 1, phase by phase.
+    Peer {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
     },
     /// Many containers started by the supervisor in QEMU: time until all run, and memory per
     /// container, against a boot with only the default services.
@@ -161,6 +169,7 @@ fn main() -> Result<()> {
             runs,
             memory,
         } => return services::many(arch, count, runs, memory),
+        Cli::Peer { arch, runs } => return peer::bench(arch, runs),
         Cli::Storage { arch, runs } => return services::storage(arch, runs),
         Cli::Config { runs } => return config::bench(runs),
         Cli::Flood {
