@@ -490,20 +490,25 @@ fn forwarded() -> anyhow::Result<SigSet> {
     Ok(set)
 }
 
+/// Reaps every child that ended (as a subreaper, adopted processes too) without waiting;
+/// returns `pid`'s exit code when it was among them.
+fn reap(pid: Pid) -> Option<u8> {
+    let mut code = None;
+    loop {
+        match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(s) if s.pid() == Some(pid) => code = code.or(exit_code(s)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return code,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Waits for `pid` (a child or, as subreaper, an adopted process), passing signals on.
 fn wait_forwarding(set: &SigSet, pid: Pid) -> anyhow::Result<u8> {
     loop {
         // Collect first: the process may have ended before the signals were blocked.
-        loop {
-            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(s) if s.pid() == Some(pid) => {
-                    if let Some(code) = exit_code(s) {
-                        return Ok(code);
-                    }
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
-            }
+        if let Some(code) = reap(pid) {
+            return Ok(code);
         }
         match set.wait()? {
             Signal::SIGCHLD => {}
@@ -600,18 +605,8 @@ fn show_terminal(master: OwnedFd, set: &SigSet, pid: Pid) -> anyhow::Result<u8> 
                 }
             }
         }
-        // Reap what ended (as a subreaper, adopted processes too); stop when `pid` did.
-        loop {
-            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(s) if s.pid() == Some(pid) => {
-                    if let Some(c) = exit_code(s) {
-                        code = Some(c);
-                    }
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        // Stop when `pid` ended.
+        code = code.or(reap(pid));
         code.is_some()
     });
     drop(proxy);

@@ -92,7 +92,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Proxy {
     master: std::fs::File,
-    raw: Option<Raw>,
+    /// This terminal's mode, restored when the proxy is dropped.
+    _raw: Raw,
     stdin_open: bool,
 }
 
@@ -102,7 +103,7 @@ impl Proxy {
         copy_size(master.as_fd());
         Proxy {
             master: std::fs::File::from(master),
-            raw: Some(Raw::new()),
+            _raw: Raw::new(),
             stdin_open: true,
         }
     }
@@ -196,11 +197,5 @@ impl Proxy {
     /// Gives the master this terminal's size again (after SIGWINCH).
     pub fn resize(&self) {
         copy_size(self.master.as_fd());
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        drop(self.raw.take());
     }
 }
