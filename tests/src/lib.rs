@@ -242,3 +242,27 @@ pub fn at(text: &str, needle: &str) -> Result<usize> {
     text.find(needle)
         .with_context(|| format!("`{needle}` is not in the console"))
 }
+
+/// The digest (hex) of the top layer of one of the image's OCI images.
+pub fn top_layer(image: &std::path::Path, name: &str) -> Result<String> {
+    let oci = image.join("oci");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(oci.join("index.json"))?)?;
+    let digest = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .and_then(|m| m["digest"].as_str())
+        .with_context(|| format!("no image {name} in {}", oci.display()))?;
+    let blob = |d: &str| {
+        oci.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(digest))?)?;
+    let top = manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l["digest"].as_str())
+        .with_context(|| format!("image {name} has no layers"))?;
+    Ok(top.trim_start_matches("sha256:").to_string())
+}

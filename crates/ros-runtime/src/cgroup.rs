@@ -104,6 +104,12 @@ impl Cgroup {
             };
             self.write("cpu.max", &format!("{q} {period}"))?;
         }
+        if let Some(period) = r.cpu_period {
+            // cpu.max takes the quota first: keep the one that is set.
+            let now = self.read("cpu.max")?;
+            let quota = now.split_whitespace().next().unwrap_or("max");
+            self.write("cpu.max", &format!("{quota} {period}"))?;
+        }
         if let Some(w) = r.cpu_weight {
             self.write("cpu.weight", &w.to_string())?;
         }
@@ -111,12 +117,57 @@ impl Cgroup {
             self.write("io.weight", &format!("default {w}"))?;
         }
         for (file, value) in &r.unified {
-            if file.contains('/') || file.starts_with('.') {
+            if file.contains('/') || file.starts_with('.') || !file.contains('.') {
                 return Err(Error::Config(format!(
                     "cgroup file `{file}` is not a plain file name"
                 )));
             }
+            if !self.path.join(file).exists() {
+                self.enable(file.split('.').next().unwrap_or_default())?;
+            }
             self.write(file, value)?;
+        }
+        Ok(())
+    }
+
+    /// One of the group's files, trimmed.
+    pub fn read(&self, file: &str) -> Result<String> {
+        std::fs::read_to_string(self.path.join(file))
+            .map(|s| s.trim().to_string())
+            .map_err(err(&self.path, format!("reading {file}")))
+    }
+
+    /// Enables `controller` for this group: in the subtree_control of each group above it,
+    /// from the highest one that does not pass it down yet. A controller the hierarchy does
+    /// not have is an error naming it.
+    fn enable(&self, controller: &str) -> Result<()> {
+        let has = |dir: &Path, file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c == controller)
+        };
+        let mut missing = Vec::new();
+        let mut dir = self.path.as_path();
+        while !has(dir, "cgroup.controllers") {
+            let Some(parent) = dir
+                .parent()
+                .filter(|p| p.join("cgroup.controllers").exists())
+            else {
+                return Err(Error::Config(format!(
+                    "the cgroup controller `{controller}` is not available to {}",
+                    self.path.display()
+                )));
+            };
+            missing.push(parent);
+            dir = parent;
+        }
+        for parent in missing.iter().rev() {
+            std::fs::write(
+                parent.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            )
+            .map_err(err(parent, format!("enabling {controller}")))?;
         }
         Ok(())
     }
@@ -219,6 +270,8 @@ mod tests {
         std::fs::write(root.join("cgroup.subtree_control"), "cpu\n").expect("w");
         let cg = Cgroup::create(root, Path::new("ros/c1")).expect("create");
         assert_eq!(cg.path, root.join("ros/c1"));
+        // The kernel's files of the group (a folder here).
+        std::fs::write(cg.path.join("memory.high"), "max").expect("w");
         // Only what was missing is asked for.
         assert_eq!(
             std::fs::read_to_string(root.join("cgroup.subtree_control")).expect("r"),
@@ -241,6 +294,27 @@ mod tests {
         assert_eq!(read("cpu.weight"), "39");
         assert_eq!(read("io.weight"), "default 100");
         assert_eq!(read("memory.high"), "max");
+        // A file whose controller the group lacks: enabled from the highest group down.
+        std::fs::write(root.join("ros/cgroup.controllers"), "cpu io memory pids\n").expect("w");
+        std::fs::write(cg.path.join("cgroup.controllers"), "io memory pids\n").expect("w");
+        cg.apply(&Resources {
+            unified: vec![("hugetlb.2MB.max".into(), "4194304".into())],
+            ..Resources::default()
+        })
+        .expect("apply hugetlb");
+        assert_eq!(
+            std::fs::read_to_string(root.join("ros/cgroup.subtree_control")).expect("r"),
+            "+hugetlb"
+        );
+        assert_eq!(read("hugetlb.2MB.max"), "4194304");
+        // One the hierarchy does not have is an error naming it.
+        let e = cg
+            .apply(&Resources {
+                unified: vec![("rdma.max".into(), "mlx4_0 hca_handle=2".into())],
+                ..Resources::default()
+            })
+            .expect_err("no rdma");
+        assert!(e.to_string().contains("`rdma`"), "{e}");
         let bad = Resources {
             unified: vec![("../escape".into(), "1".into())],
             ..Resources::default()

@@ -112,54 +112,193 @@ pub enum Lsm {
 /// cgroup v2 limits; none means no limit set.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Resources {
+    /// A negative value means no limit (`max`), in this and the other limits.
     pub memory_max: Option<i64>,
     pub memory_swap_max: Option<i64>,
     pub pids_max: Option<i64>,
     /// (quota, period) in microseconds; a negative quota means no limit.
     pub cpu_max: Option<(i64, u64)>,
+    /// A new period for the quota already set (`update --cpu-period` alone).
+    pub cpu_period: Option<u64>,
     pub cpu_weight: Option<u64>,
     pub io_weight: Option<u64>,
-    /// Files of the cgroup written as given (OCI `unified`).
+    /// Files of the cgroup written as given, after the fields above: OCI `unified`, and the
+    /// OCI limits that are one file each in cgroup v2 (`memory.low`, `cpuset.cpus`, `io.max`,
+    /// `hugetlb.2MB.max`, ...). A controller a file needs is enabled for the group.
     pub unified: Vec<(String, String)>,
 }
 
+/// A limit that has no cgroup v2 form: refused, never dropped.
+fn no_v2(key: &str, why: &str) -> Error {
+    Error::Config(format!(
+        "linux.resources.{key}: {why}; cgroup v2, the only cgroups ros-runtime drives, has no such limit"
+    ))
+}
+
 impl Resources {
-    /// The limits of an OCI `linux.resources` (also `ros-runtime update --resources`).
-    pub fn from_oci(res: &oci_spec::runtime::LinuxResources) -> Resources {
-        Resources {
-            memory_max: res.memory().as_ref().and_then(|m| m.limit()),
-            memory_swap_max: res
-                .memory()
-                .as_ref()
-                .and_then(|m| m.swap())
-                .and_then(|swap| {
-                    // OCI's swap is memory+swap; cgroup v2's memory.swap.max is swap alone.
-                    let mem = res.memory().as_ref().and_then(|m| m.limit())?;
-                    (swap >= mem).then_some(swap - mem)
-                }),
-            pids_max: res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0),
-            cpu_max: res
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.quota().map(|q| (q, c.period().unwrap_or(100_000)))),
-            cpu_weight: res
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.shares())
-                .map(shares_to_weight),
-            io_weight: res
-                .block_io()
-                .as_ref()
-                .and_then(|b| b.weight())
-                .map(|w| blkio_to_io_weight(u64::from(w))),
-            unified: res
-                .unified()
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+    /// The limits of an OCI `linux.resources` (also `ros-runtime update --resources`), as crun
+    /// converts them to cgroup v2. What v2 has no form for is an error (kernel memory, the
+    /// swappiness, disabling the OOM killer, real-time CPU time, leaf weights, net_cls and
+    /// net_prio), so a limit a bundle asks for is never silently missing. (`devices` is the
+    /// device filter's, read elsewhere.)
+    pub fn from_oci(res: &oci_spec::runtime::LinuxResources) -> Result<Resources> {
+        let mut r = Resources::default();
+        if let Some(m) = res.memory() {
+            r.memory_max = m.limit();
+            if let Some(low) = m.reservation() {
+                r.unified.push(("memory.low".into(), limit_value(low)));
+            }
+            if let Some(swap) = m.swap() {
+                r.memory_swap_max = Some(swap_from_total(swap, m.limit())?);
+            }
+            if m.kernel().is_some() {
+                return Err(no_v2(
+                    "memory.kernel",
+                    "kernel memory is accounted with the rest",
+                ));
+            }
+            if m.kernel_tcp().is_some() {
+                return Err(no_v2(
+                    "memory.kernelTCP",
+                    "TCP buffers are accounted with the rest",
+                ));
+            }
+            if m.swappiness().is_some() {
+                return Err(no_v2(
+                    "memory.swappiness",
+                    "there is no per-group swappiness",
+                ));
+            }
+            if m.disable_oom_killer() == Some(true) {
+                return Err(no_v2(
+                    "memory.disableOOMKiller",
+                    "the OOM killer cannot be turned off per group",
+                ));
+            }
         }
+        if let Some(c) = res.cpu() {
+            match (c.quota(), c.period()) {
+                (Some(q), p) => r.cpu_max = Some((q, p.unwrap_or(100_000))),
+                (None, Some(p)) => r.cpu_period = Some(p),
+                (None, None) => {}
+            }
+            r.cpu_weight = c.shares().map(shares_to_weight);
+            if let Some(cpus) = c.cpus().as_ref().filter(|s| !s.is_empty()) {
+                r.unified.push(("cpuset.cpus".into(), cpus.clone()));
+            }
+            if let Some(mems) = c.mems().as_ref().filter(|s| !s.is_empty()) {
+                r.unified.push(("cpuset.mems".into(), mems.clone()));
+            }
+            if let Some(idle) = c.idle() {
+                r.unified.push(("cpu.idle".into(), idle.to_string()));
+            }
+            if let Some(burst) = c.burst() {
+                r.unified.push(("cpu.max.burst".into(), burst.to_string()));
+            }
+            if c.realtime_runtime().is_some_and(|v| v != 0)
+                || c.realtime_period().is_some_and(|v| v != 0)
+            {
+                return Err(no_v2(
+                    "cpu.realtimeRuntime",
+                    "real-time CPU time is a cgroup v1 limit",
+                ));
+            }
+        }
+        // runtime-spec: a pids limit of 0 or below means none; 0 is left as it is.
+        r.pids_max = res.pids().as_ref().map(|p| p.limit()).filter(|l| *l != 0);
+        if let Some(b) = res.block_io() {
+            r.io_weight = b.weight().map(|w| blkio_to_io_weight(u64::from(w)));
+            if b.leaf_weight().is_some() {
+                return Err(no_v2("blockIO.leafWeight", "leaf weights are cgroup v1's"));
+            }
+            for d in b.weight_device().iter().flatten() {
+                if d.leaf_weight().is_some() {
+                    return Err(no_v2(
+                        "blockIO.weightDevice.leafWeight",
+                        "leaf weights are cgroup v1's",
+                    ));
+                }
+                if let Some(w) = d.weight() {
+                    let w = blkio_to_io_weight(u64::from(w));
+                    r.unified.push((
+                        "io.weight".into(),
+                        format!("{}:{} {w}", d.major(), d.minor()),
+                    ));
+                }
+            }
+            let throttles = [
+                ("rbps", b.throttle_read_bps_device()),
+                ("wbps", b.throttle_write_bps_device()),
+                ("riops", b.throttle_read_iops_device()),
+                ("wiops", b.throttle_write_iops_device()),
+            ];
+            for (key, list) in throttles {
+                for d in list.iter().flatten() {
+                    r.unified.push((
+                        "io.max".into(),
+                        format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
+                    ));
+                }
+            }
+        }
+        for h in res.hugepage_limits().iter().flatten() {
+            let size = h.page_size();
+            if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(Error::Config(format!(
+                    "linux.resources.hugepageLimits: page size {size:?} is not like 2MB"
+                )));
+            }
+            r.unified
+                .push((format!("hugetlb.{size}.max"), limit_value(h.limit())));
+        }
+        if res.network().is_some() {
+            return Err(no_v2(
+                "network",
+                "net_cls and net_prio are cgroup v1 controllers",
+            ));
+        }
+        for (dev, l) in res.rdma().iter().flatten() {
+            let mut v = dev.clone();
+            if let Some(n) = l.hca_handles() {
+                v.push_str(&format!(" hca_handle={n}"));
+            }
+            if let Some(n) = l.hca_objects() {
+                v.push_str(&format!(" hca_object={n}"));
+            }
+            r.unified.push(("rdma.max".into(), v));
+        }
+        let mut unified: Vec<(String, String)> = res
+            .unified()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        unified.sort();
+        r.unified.extend(unified);
+        Ok(r)
     }
+}
+
+/// cgroup v2's `memory.swap.max` from OCI's and runc's memory+swap total: the total less the
+/// memory limit; -1 (no limit) stays -1. A total under the memory limit, or a total with no
+/// memory limit to subtract, is an error.
+pub fn swap_from_total(total: i64, memory: Option<i64>) -> Result<i64> {
+    if total < 0 {
+        return Ok(-1);
+    }
+    match memory {
+        Some(m) if m >= 0 && total >= m => Ok(total - m),
+        Some(m) if m >= 0 => Err(Error::Config(format!(
+            "memory+swap limit {total} is under the memory limit {m}"
+        ))),
+        _ => Err(Error::Config(format!(
+            "memory+swap limit {total} needs a memory limit to subtract"
+        ))),
+    }
+}
+
+fn limit_value(v: i64) -> String {
+    if v < 0 { "max".into() } else { v.to_string() }
 }
 
 /// A character or a block device, or a FIFO (a node the spec lists among devices, which the
@@ -588,7 +727,7 @@ impl Config {
             .collect();
 
         let res = linux.resources().clone().unwrap_or_default();
-        let resources = Resources::from_oci(&res);
+        let resources = Resources::from_oci(&res)?;
         let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
             m.iter()
                 .flatten()
@@ -1074,5 +1213,97 @@ mod tests {
         assert_eq!(blkio_to_io_weight(10), 1);
         assert_eq!(blkio_to_io_weight(500), 4950);
         assert_eq!(blkio_to_io_weight(1000), 10_000);
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Resources> {
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_str(json).expect("json");
+        Resources::from_oci(&res)
+    }
+
+    #[test]
+    fn every_v2_limit_is_converted() {
+        let r = parse(
+            r#"{
+              "memory": {"limit": 67108864, "reservation": 33554432, "swap": 134217728},
+              "cpu": {"shares": 512, "quota": 20000, "period": 50000, "cpus": "0-1", "mems": "0", "burst": 1000},
+              "pids": {"limit": -1},
+              "blockIO": {"weight": 500, "weightDevice": [{"major": 8, "minor": 0, "weight": 100}],
+                          "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+                          "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}]},
+              "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+              "unified": {"memory.high": "50000000"}
+            }"#,
+        )
+        .expect("converts");
+        assert_eq!(r.memory_max, Some(64 << 20));
+        assert_eq!(r.memory_swap_max, Some(64 << 20));
+        assert_eq!(r.pids_max, Some(-1));
+        assert_eq!(r.cpu_max, Some((20_000, 50_000)));
+        assert_eq!(r.cpu_weight, Some(20));
+        assert_eq!(r.io_weight, Some(4950));
+        let files: Vec<String> = r.unified.iter().map(|(f, v)| format!("{f}={v}")).collect();
+        assert_eq!(
+            files,
+            [
+                "memory.low=33554432",
+                "cpuset.cpus=0-1",
+                "cpuset.mems=0",
+                "cpu.max.burst=1000",
+                "io.weight=8:0 910",
+                "io.max=8:0 rbps=1048576",
+                "io.max=8:0 wiops=100",
+                "hugetlb.2MB.max=4194304",
+                "memory.high=50000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_period_alone_keeps_the_quota_and_zero_pids_is_no_change() {
+        let r = parse(r#"{"cpu": {"period": 50000}, "pids": {"limit": 0}}"#).expect("ok");
+        assert_eq!(
+            (r.cpu_max, r.cpu_period, r.pids_max),
+            (None, Some(50_000), None)
+        );
+    }
+
+    #[test]
+    fn limits_without_a_v2_form_are_refused_by_name() {
+        for (json, key) in [
+            (r#"{"memory": {"kernel": 1000000}}"#, "memory.kernel"),
+            (r#"{"memory": {"kernelTCP": 1000000}}"#, "memory.kernelTCP"),
+            (r#"{"memory": {"swappiness": 10}}"#, "memory.swappiness"),
+            (
+                r#"{"memory": {"disableOOMKiller": true}}"#,
+                "memory.disableOOMKiller",
+            ),
+            (
+                r#"{"cpu": {"realtimeRuntime": 1000}}"#,
+                "cpu.realtimeRuntime",
+            ),
+            (r#"{"blockIO": {"leafWeight": 100}}"#, "blockIO.leafWeight"),
+            (r#"{"network": {"classID": 1}}"#, "network"),
+            (
+                r#"{"hugepageLimits": [{"pageSize": "../x", "limit": 1}]}"#,
+                "hugepageLimits",
+            ),
+        ] {
+            let e = parse(json).expect_err(json).to_string();
+            assert!(e.contains(key), "{json}: {e}");
+        }
+        // A swap total under the memory limit, or with nothing to subtract.
+        assert!(parse(r#"{"memory": {"limit": 100, "swap": 50}}"#).is_err());
+        assert!(parse(r#"{"memory": {"swap": 50}}"#).is_err());
+        assert_eq!(
+            parse(r#"{"memory": {"swap": -1}}"#)
+                .expect("ok")
+                .memory_swap_max,
+            Some(-1)
+        );
     }
 }

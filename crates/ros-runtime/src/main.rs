@@ -404,22 +404,38 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
                     };
                     let oci: oci_spec::runtime::LinuxResources = serde_json::from_slice(&text)
-                        .with_context(|| format!("{}", p.display()))?;
-                    ros_runtime::Resources::from_oci(&oci)
+                        .with_context(|| {
+                            if p == Path::new("-") {
+                                "linux.resources on standard input".to_string()
+                            } else {
+                                p.display().to_string()
+                            }
+                        })?;
+                    ros_runtime::Resources::from_oci(&oci)?
                 }
                 None => ros_runtime::Resources::default(),
             };
             if memory.is_some() {
                 res.memory_max = *memory;
             }
-            if let (Some(swap), Some(mem)) = (memory_swap, res.memory_max) {
-                res.memory_swap_max = Some(swap.saturating_sub(mem).max(0));
+            if let Some(total) = memory_swap {
+                // runc's --memory-swap is memory+swap: without --memory, the limit in force.
+                let mem = match res.memory_max {
+                    Some(m) => Some(m),
+                    None => {
+                        let now = root()?.read_cgroup(id, "memory.max")?;
+                        now.parse().ok()
+                    }
+                };
+                res.memory_swap_max = Some(ros_runtime::config::swap_from_total(*total, mem)?);
             }
             if pids_limit.is_some() {
                 res.pids_max = *pids_limit;
             }
-            if let Some(q) = cpu_quota {
-                res.cpu_max = Some((*q, cpu_period.unwrap_or(100_000)));
+            match (cpu_quota, cpu_period) {
+                (Some(q), p) => res.cpu_max = Some((*q, p.unwrap_or(100_000))),
+                (None, Some(p)) => res.cpu_period = Some(*p),
+                (None, None) => {}
             }
             if let Some(s) = cpu_share {
                 res.cpu_weight = Some(ros_runtime::config::shares_to_weight(*s));

@@ -593,6 +593,12 @@ impl Root {
         Ok(Cgroup { path: r.cgroup }.pids())
     }
 
+    /// One file of a container's cgroup (`memory.max`), trimmed.
+    pub fn read_cgroup(&self, id: &str, file: &str) -> Result<String> {
+        let r = self.load(id)?;
+        Cgroup { path: r.cgroup }.read(file)
+    }
+
     /// Sets new limits on a container's cgroup.
     pub fn update(&self, id: &str, res: &Resources) -> Result<()> {
         let r = self.load(id)?;

@@ -197,6 +197,7 @@ pub fn resolve(
         memory_swap_max: memory_max.map(|_| 0),
         pids_max: r.pids,
         cpu_max: r.cpu.map(|c| ((c * 100_000.0).round() as i64, 100_000)),
+        cpu_period: None,
         cpu_weight: r.cpu_weight,
         io_weight: r.io_weight,
         unified: Vec::new(),

@@ -63,7 +63,7 @@ fn shell_initramfs(image: &Path, arch: Arch) -> Result<PathBuf> {
         .collect();
 
     // /bin is the busybox image's top layer's /bin (busybox and a link per applet).
-    let busybox_layer = top_layer(image, "busybox")?;
+    let busybox_layer = ros_tests::top_layer(image, "busybox")?;
     let mut a = Archive::default();
     a.file("init", 0o755, PEER_INIT.as_bytes().to_vec());
     a.symlink("bin", &format!("usr/lib/ros/layers/{busybox_layer}/bin"));
@@ -81,30 +81,6 @@ fn shell_initramfs(image: &Path, arch: Arch) -> Result<PathBuf> {
     let out = image.join("initramfs-shell.img");
     std::fs::write(&out, img)?;
     Ok(out)
-}
-
-/// The digest (hex) of the top layer of one of the image's OCI images.
-fn top_layer(image: &Path, name: &str) -> Result<String> {
-    let oci = image.join("oci");
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(oci.join("index.json"))?)?;
-    let digest = index["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
-        .and_then(|m| m["digest"].as_str())
-        .with_context(|| format!("no image {name} in {}", oci.display()))?;
-    let blob = |d: &str| {
-        oci.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(digest))?)?;
-    let top = manifest["layers"]
-        .as_array()
-        .and_then(|l| l.last())
-        .and_then(|l| l["digest"].as_str())
-        .with_context(|| format!("image {name} has no layers"))?;
-    Ok(top.trim_start_matches("sha256:").to_string())
 }
 
 #[derive(Default)]
