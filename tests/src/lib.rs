@@ -266,3 +266,25 @@ pub fn top_layer(image: &std::path::Path, name: &str) -> Result<String> {
         .with_context(|| format!("image {name} has no layers"))?;
     Ok(top.trim_start_matches("sha256:").to_string())
 }
+
+/// An initramfs of ros's image with `archive` appended (the kernel unpacks both; a later entry
+/// replaces an earlier one), written to `out`: how the shell peer and the runtime guest put a
+/// shell script in place of ros's init. The archive's `/bin` is usually linked to the busybox
+/// image's top layer ([`busybox_bin`]).
+pub fn append_initramfs(
+    image: &std::path::Path,
+    archive: &ros_image::cpio::Archive,
+    out: &std::path::Path,
+) -> Result<()> {
+    let mut img = std::fs::read(image.join("initramfs.img"))?;
+    img.extend(ros_image::compress(&archive.to_newc())?);
+    std::fs::write(out, img).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Links `bin` in `archive` to the busybox image's `/bin` in ros's layer store (busybox and
+/// a link per applet).
+pub fn busybox_bin(image: &std::path::Path, archive: &mut ros_image::cpio::Archive) -> Result<()> {
+    let layer = top_layer(image, "busybox")?;
+    archive.symlink("bin", &format!("usr/lib/ros/layers/{layer}/bin"));
+    Ok(())
+}

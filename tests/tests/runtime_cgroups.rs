@@ -22,19 +22,16 @@ fn initramfs(
     dir: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
     let runtime = ros_image::cargo_build(arch, "ros-runtime", "ros-runtime", true)?;
-    let busybox = ros_tests::top_layer(image, "busybox")?;
     let mut a = Archive::default();
     a.file("init", 0o755, INIT.as_bytes().to_vec());
-    a.symlink("bin", &format!("usr/lib/ros/layers/{busybox}/bin"));
+    ros_tests::busybox_bin(image, &mut a)?;
     a.file(
         "usr/bin/ros-runtime",
         0o755,
         std::fs::read(&runtime).with_context(|| format!("reading {}", runtime.display()))?,
     );
-    let mut img = std::fs::read(image.join("initramfs.img"))?;
-    img.extend(ros_image::compress(&a.to_newc())?);
     let out = dir.join("initramfs-runtime.img");
-    std::fs::write(&out, img)?;
+    ros_tests::append_initramfs(image, &a, &out)?;
     Ok(out)
 }
 

@@ -177,11 +177,7 @@ impl Resources {
             }
         }
         if let Some(c) = res.cpu() {
-            match (c.quota(), c.period()) {
-                (Some(q), p) => r.cpu_max = Some((q, p.unwrap_or(100_000))),
-                (None, Some(p)) => r.cpu_period = Some(p),
-                (None, None) => {}
-            }
+            r.set_cpu(c.quota(), c.period());
             r.cpu_weight = c.shares().map(shares_to_weight);
             if let Some(cpus) = c.cpus().as_ref().filter(|s| !s.is_empty()) {
                 r.unified.push(("cpuset.cpus".into(), cpus.clone()));
@@ -276,6 +272,16 @@ impl Resources {
         unified.sort();
         r.unified.extend(unified);
         Ok(r)
+    }
+
+    /// A CPU quota with its period (100 ms when none is given), or a period alone for the
+    /// quota in force.
+    pub fn set_cpu(&mut self, quota: Option<i64>, period: Option<u64>) {
+        match (quota, period) {
+            (Some(q), p) => self.cpu_max = Some((q, p.unwrap_or(100_000))),
+            (None, Some(p)) => self.cpu_period = Some(p),
+            (None, None) => {}
+        }
     }
 }
 

@@ -432,11 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if pids_limit.is_some() {
                 res.pids_max = *pids_limit;
             }
-            match (cpu_quota, cpu_period) {
-                (Some(q), p) => res.cpu_max = Some((*q, p.unwrap_or(100_000))),
-                (None, Some(p)) => res.cpu_period = Some(*p),
-                (None, None) => {}
-            }
+            res.set_cpu(*cpu_quota, *cpu_period);
             if let Some(s) = cpu_share {
                 res.cpu_weight = Some(ros_runtime::config::shares_to_weight(*s));
             }

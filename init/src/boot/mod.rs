@@ -419,10 +419,12 @@ async fn boot(started: u64) -> ! {
         },
         memory: ready::memory(),
     };
-    // How much of the boot so far the CPU waited (for devices, the network), for the debug log.
-    if let Some(idle) = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split_whitespace().nth(1)?.parse::<f64>().ok())
+    // How much of the boot so far the CPU waited (for devices, the network), for the debug log
+    // (read only when that is on).
+    if log::log_enabled!(log::Level::Debug)
+        && let Some(idle) = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|u| u.split_whitespace().nth(1)?.parse::<f64>().ok())
     {
         log::debug!("the CPUs were idle {:.0} ms until now", idle * 1000.0);
     }

@@ -62,11 +62,9 @@ fn shell_initramfs(image: &Path, arch: Arch) -> Result<PathBuf> {
         .map(|m| format!("blacklist {m}\n"))
         .collect();
 
-    // /bin is the busybox image's top layer's /bin (busybox and a link per applet).
-    let busybox_layer = ros_tests::top_layer(image, "busybox")?;
     let mut a = Archive::default();
     a.file("init", 0o755, PEER_INIT.as_bytes().to_vec());
-    a.symlink("bin", &format!("usr/lib/ros/layers/{busybox_layer}/bin"));
+    ros_tests::busybox_bin(image, &mut a)?;
     a.dir("shell-peer", 0o755);
     a.file("shell-peer/dhcp", 0o755, PEER_DHCP.as_bytes().to_vec());
     a.dir("etc", 0o755);
@@ -76,10 +74,8 @@ fn shell_initramfs(image: &Path, arch: Arch) -> Result<PathBuf> {
     a.file(&format!("{base}/modules.dep"), 0o644, dep.into_bytes());
     a.file(&format!("{base}/modules.alias"), 0o644, alias.into_bytes());
 
-    let mut img = std::fs::read(image.join("initramfs.img"))?;
-    img.extend(ros_image::compress(&a.to_newc())?);
     let out = image.join("initramfs-shell.img");
-    std::fs::write(&out, img)?;
+    ros_tests::append_initramfs(image, &a, &out)?;
     Ok(out)
 }
 
