@@ -146,7 +146,7 @@ fn system_services(arch: Arch) -> Result<()> {
     }
 
     // SSH into the console; its processes are its own, it is confined.
-    let out = key.run(ssh_port, "ps -o pid,comm; hostname; cat /proc/self/cgroup; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo cmdline=$(tr '\\0' ' ' < /proc/1/cmdline)", SSH)?;
+    let out = key.run(ssh_port, "ps -o pid,comm; hostname; cat /proc/self/cgroup; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo cmdline=$(tr '\\0' ' ' < /proc/1/cmdline); echo idle=$(cat /sys/fs/cgroup/cpu.idle)", SSH)?;
     let comms: Vec<&str> = out
         .lines()
         .skip(1)
@@ -170,6 +170,8 @@ fn system_services(arch: Arch) -> Result<()> {
     );
     // Its PID 1 is the shim as a fresh program image, not a copy of the init's memory.
     assert!(out.contains("cmdline=ros-shim 2"), "{out}");
+    // Idle for the CPU only until the ready line (its start-up gave way to the boot's).
+    assert!(out.contains("idle=0\n"), "{out}");
 
     // The user service, through the forwarded port.
     assert_eq!(http_get(web_port, WAIT)?.trim(), "hello from web");

@@ -130,6 +130,12 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Marks the group idle for the CPU scheduler (`cpu.idle`, Linux 5.15): its processes run
+    /// only when no group that is not idle wants the CPU; or back to normal.
+    pub fn set_idle(&self, idle: bool) -> Result<()> {
+        self.write("cpu.idle", if idle { "1" } else { "0" })
+    }
+
     /// One of the group's files, trimmed.
     pub fn read(&self, file: &str) -> Result<String> {
         std::fs::read_to_string(self.path.join(file))

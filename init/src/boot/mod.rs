@@ -430,6 +430,9 @@ async fn boot(started: u64) -> ! {
     }
     logger::console_write(&report::line(&r));
     api_ctx.set_ready(r);
+    if let Some(s) = m.sup.as_mut() {
+        s.end_boot();
+    }
 
     // After the ready line: what only later work needs.
     if let Some(l) = m.loader.as_mut() {

@@ -14,7 +14,7 @@ pub mod logs;
 pub mod machine;
 pub mod spec;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -55,6 +55,11 @@ pub struct Supervisor {
     /// Processes started in services' containers through the API (`ros service exec`), by
     /// helper pid: who waits for the exit status.
     execs: BTreeMap<i32, tokio::sync::oneshot::Sender<i32>>,
+    /// Until the boot's ready line: a service's group is marked idle for the CPU once its
+    /// program runs (see [`Supervisor::end_boot`]).
+    booting: bool,
+    /// The services so marked.
+    idled: BTreeSet<String>,
 }
 
 /// Where a process started with [`Supervisor::exec`] gets its streams.
@@ -114,6 +119,8 @@ impl Supervisor {
             spawned_tx,
             spawned_rx,
             execs: BTreeMap::new(),
+            booting: true,
+            idled: BTreeSet::new(),
             machine: Machine::new(Vec::new()),
             specs: BTreeMap::new(),
             images,
@@ -255,6 +262,17 @@ impl Supervisor {
         let s = Spawned { name, ..s };
         let cmds = match starting.conclude(&s.report, held.is_some()) {
             Ok(container) => {
+                if self.booting {
+                    // Its program's own start-up waits until the boot's critical path (the
+                    // other containers' setups, which run in their own groups: the init's
+                    // priority does not reach across groups) is done.
+                    match container.cgroup.set_idle(true) {
+                        Ok(()) => {
+                            self.idled.insert(s.name.clone());
+                        }
+                        Err(e) => log::debug!("service {}: {e}", s.name),
+                    }
+                }
                 self.containers.insert(s.name.clone(), container);
                 let mut cmds = self.machine.started(&s.name, pid, now);
                 if let Some((_, exit)) = held.and_then(exit_of) {
@@ -265,6 +283,26 @@ impl Supervisor {
             Err(e) => self.machine.start_failed(&s.name, &e.to_string(), now),
         };
         self.run(cmds, now);
+    }
+
+    /// After the boot's ready line: the services' groups get the CPU as configured again.
+    pub fn end_boot(&mut self) {
+        self.booting = false;
+        for name in std::mem::take(&mut self.idled) {
+            let Some(c) = self.containers.get(&name) else {
+                continue;
+            };
+            let configured = self.specs.get(&name).is_some_and(|s| {
+                s.config
+                    .resources
+                    .unified
+                    .iter()
+                    .any(|(f, v)| f == "cpu.idle" && v == "1")
+            });
+            if let Err(e) = c.cgroup.set_idle(configured) {
+                log::warn!("service {name}: {e}");
+            }
+        }
     }
 
     /// The reports already in, without waiting (the shutdown's polling loop).
