@@ -8,7 +8,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 /// Where `ros-image` puts the images.
 pub const STORE: &str = "/usr/lib/ros";
@@ -34,44 +33,107 @@ pub struct ImageStore {
     mounted: BTreeMap<String, PathBuf>,
 }
 
-fn blob(root: &Path, digest: &str) -> PathBuf {
-    root.join("oci/blobs").join(digest.replace(':', "/"))
+/// A blob's file in the layout; the digest must be `algorithm:hex` (no path in it).
+fn blob(root: &Path, digest: &str) -> Result<PathBuf, String> {
+    let (alg, hex) = digest
+        .split_once(':')
+        .filter(|(a, h)| {
+            !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && !h.is_empty()
+                && h.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .ok_or_else(|| format!("`{digest}` is not a digest"))?;
+    Ok(root.join("oci/blobs").join(alg).join(hex))
+}
+
+/// The parts of an OCI image layout (index, manifests, configs) that the store uses. Not
+/// oci-spec's image types: they read and check every field of these files, much more code to
+/// run once at boot (under QEMU TCG, code run for the first time is what a boot pays for);
+/// these read what the store uses and skip the rest.
+mod layout {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Index {
+        pub manifests: Vec<Descriptor>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Descriptor {
+        pub digest: String,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Manifest {
+        pub config: Descriptor,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Config {
+        #[serde(default)]
+        pub config: Option<Exec>,
+        pub rootfs: RootFs,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "PascalCase")]
+    pub struct Exec {
+        pub entrypoint: Option<Vec<String>>,
+        pub cmd: Option<Vec<String>>,
+        pub env: Option<Vec<String>>,
+        pub working_dir: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct RootFs {
+        pub diff_ids: Vec<String>,
+    }
+
+    pub fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
 }
 
 impl ImageStore {
     /// Reads the images under `root` (`/usr/lib/ros`); layers are mounted under `mounts`.
     pub fn open(root: &Path, mounts: &Path) -> Result<ImageStore, String> {
-        let index = ImageIndex::from_file(root.join("oci/index.json"))
+        let index: layout::Index = layout::read(&root.join("oci/index.json"))
             .map_err(|e| format!("reading the image index: {e}"))?;
         let mut images = BTreeMap::new();
-        for m in index.manifests() {
-            let Some(name) = m
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-            else {
+        for m in index.manifests {
+            let Some(name) = m.annotations.get("org.opencontainers.image.ref.name") else {
                 continue;
             };
-            let manifest = ImageManifest::from_file(blob(root, m.digest().as_ref()))
+            let manifest: layout::Manifest = layout::read(&blob(root, &m.digest)?)
                 .map_err(|e| format!("image {name}: manifest: {e}"))?;
-            let config =
-                ImageConfiguration::from_file(blob(root, manifest.config().digest().as_ref()))
-                    .map_err(|e| format!("image {name}: config: {e}"))?;
-            let c = config.config().clone().unwrap_or_default();
+            let config: layout::Config = layout::read(&blob(root, &manifest.config.digest)?)
+                .map_err(|e| format!("image {name}: config: {e}"))?;
+            let c = config.config.unwrap_or_default();
             images.insert(
                 name.clone(),
                 Image {
                     name: name.clone(),
                     layers: config
-                        .rootfs()
-                        .diff_ids()
+                        .rootfs
+                        .diff_ids
                         .iter()
                         .map(|d| d.trim_start_matches("sha256:").to_string())
                         .collect(),
-                    entrypoint: c.entrypoint().clone().unwrap_or_default(),
-                    cmd: c.cmd().clone().unwrap_or_default(),
-                    env: c.env().clone().unwrap_or_default(),
-                    working_dir: c.working_dir().clone().unwrap_or_else(|| "/".into()),
+                    entrypoint: c.entrypoint.unwrap_or_default(),
+                    cmd: c.cmd.unwrap_or_default(),
+                    env: c.env.unwrap_or_default(),
+                    working_dir: c
+                        .working_dir
+                        .filter(|w| !w.is_empty())
+                        .unwrap_or_else(|| "/".into()),
                 },
             );
         }
@@ -238,6 +300,101 @@ mod tests {
     fn loop_structs_have_the_kernel_sizes() {
         assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
+
+    /// Writes `json` as a blob of `root`'s layout; returns its digest.
+    fn put(root: &Path, name: &str, json: &str) -> String {
+        let hex = format!("{:0>64}", name);
+        let dir = root.join("oci/blobs/sha256");
+        std::fs::create_dir_all(&dir).expect("blobs");
+        std::fs::write(dir.join(&hex), json).expect("blob");
+        format!("sha256:{hex}")
+    }
+
+    fn layout(root: &Path, manifest_digest: &str) {
+        std::fs::write(
+            root.join("oci/index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":1,"annotations":{{"org.opencontainers.image.ref.name":"app"}}}},{{"digest":"sha256:ab","size":1}}]}}"#
+            ),
+        )
+        .expect("index");
+    }
+
+    #[test]
+    fn reads_what_the_store_needs_and_skips_the_rest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path();
+        let config = put(
+            root,
+            "c0",
+            r#"{"architecture":"amd64","os":"linux","history":[{"created_by":"x"}],
+               "config":{"Entrypoint":["/bin/app"],"Cmd":["-v"],"Env":["A=1"],"WorkingDir":"","Labels":{"k":"v"}},
+               "rootfs":{"type":"layers","diff_ids":["sha256:11","sha256:22"]}}"#,
+        );
+        let manifest = put(
+            root,
+            "d0",
+            &format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[]}}"#
+            ),
+        );
+        layout(root, &manifest);
+        let s = ImageStore::open(root, Path::new("/nonexistent")).expect("open");
+        // The descriptor without a name is not an image.
+        assert_eq!(s.names().into_iter().collect::<Vec<_>>(), ["app"]);
+        let app = s.get("app").expect("app");
+        assert_eq!(app.layers, ["11", "22"]);
+        assert_eq!(app.entrypoint, ["/bin/app"]);
+        assert_eq!(app.cmd, ["-v"]);
+        assert_eq!(app.env, ["A=1"]);
+        // An empty working directory is the root, as for a missing one.
+        assert_eq!(app.working_dir, "/");
+
+        // A config whose `config` is null: no entrypoint, no command.
+        let bare = put(
+            root,
+            "b",
+            r#"{"config":null,"rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
+        let manifest = put(
+            root,
+            "e0",
+            &format!(r#"{{"schemaVersion":2,"config":{{"digest":"{bare}","size":1}}}}"#),
+        );
+        layout(root, &manifest);
+        let s = ImageStore::open(root, Path::new("/nonexistent")).expect("open");
+        let app = s.get("app").expect("app");
+        assert!(app.entrypoint.is_empty() && app.cmd.is_empty() && app.layers.is_empty());
+    }
+
+    #[test]
+    fn a_digest_is_never_a_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("oci")).expect("oci");
+        for bad in [
+            "sha256:../../etc/passwd",
+            "../x:ab",
+            "sha256:",
+            "sha256",
+            ":ab",
+            "SHA256:ab",
+        ] {
+            layout(root, bad);
+            let e = ImageStore::open(root, Path::new("/nonexistent")).expect_err(bad);
+            assert!(e.contains("is not a digest"), "{bad}: {e}");
+        }
+        // A missing or broken file names itself.
+        layout(root, "sha256:0f");
+        let e = ImageStore::open(root, Path::new("/nonexistent")).expect_err("missing");
+        assert!(e.contains("image app: manifest") && e.contains("0f"), "{e}");
+        std::fs::write(root.join("oci/index.json"), "{").expect("index");
+        let e = ImageStore::open(root, Path::new("/nonexistent")).expect_err("broken");
+        assert!(
+            e.contains("reading the image index") && e.contains("index.json"),
+            "{e}"
+        );
     }
 
     /// Reads the OCI metadata that ros-image wrote, when an image was built (it is in CI).
