@@ -4,6 +4,7 @@
 
 pub mod chrony;
 pub mod flood;
+pub mod registry;
 pub mod worst;
 
 use std::path::PathBuf;

@@ -1,0 +1,374 @@
+//! Registry fixtures: Debian's `docker-registry` (distribution 2.8) started on the loopback by
+//! the test, optionally with TLS from a test CA and htpasswd auth, and OCI image layouts built
+//! here and pushed into it with `skopeo copy`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::Digest as _;
+
+/// A running registry; killed when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    /// The CA's PEM when it serves TLS.
+    pub ca: Option<String>,
+    pub creds: Option<(String, String)>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RegistryOptions {
+    pub tls: bool,
+    pub creds: Option<(String, String)>,
+    /// Listen on this port (e.g. to bring a stopped registry back on the same address).
+    pub port: Option<u16>,
+    /// Serve this storage folder (e.g. a registry's `dir/data` from before).
+    pub data: Option<PathBuf>,
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A CA and a server certificate for 127.0.0.1 and 10.0.2.2 (the guest's view of the host),
+/// made with openssl in `dir`; returns (ca.pem, server.pem, server.key).
+pub fn test_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ros test CA",
+        ])
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")))?;
+    std::fs::write(
+        p("san.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,IP:10.0.2.2,DNS:localhost\n",
+    )?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=registry",
+        ])
+        .arg("-keyout")
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")))?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("san.cnf"))
+        .arg("-out")
+        .arg(p("server.pem")))?;
+    Ok((p("ca.pem"), p("server.pem"), p("server.key")))
+}
+
+impl Registry {
+    pub fn start(o: &RegistryOptions) -> Result<Registry> {
+        let dir = tempfile::tempdir()?;
+        let port = match o.port {
+            Some(p) => p,
+            None => crate::free_port()?,
+        };
+        let data = o.data.clone().unwrap_or_else(|| dir.path().join("data"));
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            data.display()
+        );
+        let mut ca = None;
+        if o.tls {
+            let (ca_pem, cert, key) = test_ca(dir.path())?;
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            ca = Some(std::fs::read_to_string(ca_pem)?);
+        }
+        if let Some((u, pw)) = &o.creds {
+            let file = dir.path().join("htpasswd");
+            run(Command::new("htpasswd")
+                .args(["-Bbc"])
+                .arg(&file)
+                .args([u, pw]))?;
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: ros-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let conf = dir.path().join("config.yml");
+        std::fs::write(&conf, cfg)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting docker-registry (Debian's docker-registry package)")?;
+        let r = Registry {
+            child,
+            port,
+            dir,
+            ca,
+            creds: o.creds.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "docker-registry did not listen on {port}:\n{}",
+                    std::fs::read_to_string(r.dir.path().join("registry.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(r)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes the layout's `tag` (an image or an index, `--all`) as `name:tag`.
+    pub fn push(&self, layout: &Path, tag: &str, name: &str) -> Result<()> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--all", "--preserve-digests"]);
+        if let Some(ca) = &self.ca {
+            let certs = self.dir.path().join("certs.d");
+            std::fs::create_dir_all(&certs)?;
+            std::fs::write(certs.join("ca.crt"), ca)?;
+            cmd.arg("--dest-cert-dir").arg(&certs);
+        } else {
+            cmd.arg("--dest-tls-verify=false");
+        }
+        if let Some((u, p)) = &self.creds {
+            cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{name}:{tag}", self.host()));
+        run(&mut cmd).map(drop)
+    }
+
+    /// The file holding a blob in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+/// How a layer is compressed in a built layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comp {
+    Gzip,
+    None,
+}
+
+/// An OCI image layout being built: blobs, then images and indexes named in index.json.
+#[derive(Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+    refs: Vec<serde_json::Value>,
+}
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex(&sha2::Sha256::digest(b)))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a built image is.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub manifest: String,
+    pub manifest_size: usize,
+    pub config: String,
+    /// Compressed digests, bottom first.
+    pub layers: Vec<String>,
+    pub diff_ids: Vec<String>,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Result<Layout> {
+        std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            refs: Vec::new(),
+        })
+    }
+
+    pub fn blob(&self, bytes: &[u8]) -> Result<String> {
+        let d = sha(bytes);
+        std::fs::write(self.dir.join("blobs/sha256").join(&d[7..]), bytes)?;
+        Ok(d)
+    }
+
+    /// A tar of `files` (path, mode, content; a path ending in `/` is a folder, content
+    /// `->target` a symlink).
+    pub fn tar(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, mode, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(*mode);
+            h.set_mtime(1_700_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            if path.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, path, &[][..])?;
+            } else if let Some(target) = data.strip_prefix(b"->") {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, std::str::from_utf8(target)?)?;
+            } else {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, *data)?;
+            }
+        }
+        Ok(b.into_inner()?)
+    }
+
+    /// An image of these layers (tars) for `arch`; returns what it is.
+    pub fn image(&mut self, arch: &str, layers: &[(Vec<u8>, Comp)]) -> Result<Built> {
+        let mut descs = Vec::new();
+        let (mut digests, mut diff_ids) = (Vec::new(), Vec::new());
+        for (tar, comp) in layers {
+            diff_ids.push(sha(tar));
+            let (bytes, mt) = match comp {
+                Comp::Gzip => {
+                    let mut e =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(tar)?;
+                    (e.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+                }
+                Comp::None => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
+            };
+            let d = self.blob(&bytes)?;
+            digests.push(d.clone());
+            descs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": bytes.len()}));
+        }
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let cb = serde_json::to_vec(&config)?;
+        let cd = self.blob(&cb)?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cb.len()},
+            "layers": descs,
+        });
+        let mb = serde_json::to_vec(&manifest)?;
+        let md = self.blob(&mb)?;
+        Ok(Built {
+            manifest: md,
+            manifest_size: mb.len(),
+            config: cd,
+            layers: digests,
+            diff_ids,
+        })
+    }
+
+    /// Names `image` as `tag` in index.json.
+    pub fn tag_image(&mut self, tag: &str, b: &Built, arch: &str) -> Result<()> {
+        self.refs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": b.manifest, "size": b.manifest_size,
+            "platform": {"architecture": arch, "os": "linux"},
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+        self.write_index()
+    }
+
+    /// Names an index of `images` (arch, built) as `tag`; returns the index's digest.
+    pub fn tag_index(&mut self, tag: &str, images: &[(&str, &Built)]) -> Result<String> {
+        let manifests: Vec<serde_json::Value> = images
+            .iter()
+            .map(|(arch, b)| {
+                let mut p = serde_json::json!({"architecture": arch, "os": "linux"});
+                if *arch == "arm64" {
+                    p["variant"] = "v8".into();
+                }
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": b.manifest, "size": b.manifest_size, "platform": p,
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let ib = serde_json::to_vec(&index)?;
+        let id = self.blob(&ib)?;
+        self.refs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": id, "size": ib.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+        self.write_index()?;
+        Ok(id)
+    }
+
+    fn write_index(&self) -> Result<()> {
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": self.refs});
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index)?)?;
+        Ok(())
+    }
+}

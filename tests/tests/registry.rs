@@ -1,0 +1,340 @@
+//! The registry client against the real thing: Debian's `docker-registry` on the loopback,
+//! images built here as OCI layouts and pushed with `skopeo copy`; pulled into a store on the
+//! host with `ros_registry`, as the guest's `ros-pull` does.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use anyhow::Result;
+use ros_registry::client::{HostConfig, Mirror, PullError, Registries};
+use ros_registry::manifest::Platform;
+use ros_registry::pull::{Event, pull};
+use ros_registry::{Client, Reference, Store};
+use ros_tests::registry::{Comp, Layout, Registry, RegistryOptions};
+
+/// The library's errors are text.
+trait Text<T> {
+    fn s(self) -> Result<T>;
+}
+
+impl<T> Text<T> for std::result::Result<T, String> {
+    fn s(self) -> Result<T> {
+        self.map_err(anyhow::Error::msg)
+    }
+}
+
+fn platform(arch: &str) -> Platform {
+    Platform {
+        architecture: arch.into(),
+        os: "linux".into(),
+        variant: None,
+    }
+}
+
+/// A plain-HTTP registry is used only where the config says so: a mirror entry for itself.
+fn http(reg: &Registry) -> Registries {
+    let mut r = Registries::default();
+    r.mirrors.insert(
+        reg.host(),
+        Mirror {
+            endpoints: vec![format!("http://{}", reg.host())],
+        },
+    );
+    r
+}
+
+/// Two layers (gzip, then uncompressed) where the second deletes a file of the first.
+fn two_layer_image(
+    l: &mut Layout,
+    arch: &str,
+    marker: &[u8],
+) -> Result<ros_tests::registry::Built> {
+    let base = Layout::tar(&[
+        ("bin/", 0o755, b""),
+        ("bin/sh", 0o755, b"#!/bin/true\n"),
+        ("etc/", 0o755, b""),
+        ("etc/old", 0o644, b"gone in the next layer"),
+        ("etc/arch", 0o644, marker),
+        ("lib", 0o777, b"->bin"),
+    ])?;
+    let top = Layout::tar(&[
+        ("etc/", 0o755, b""),
+        ("etc/.wh.old", 0o644, b""),
+        ("etc/new", 0o600, b"top"),
+    ])?;
+    l.image(arch, &[(base, Comp::Gzip), (top, Comp::None)])
+}
+
+fn pull_quiet(
+    c: &Client,
+    s: &Store,
+    r: &str,
+    arch: &str,
+) -> Result<ros_registry::ImageRecord, PullError> {
+    let r = Reference::parse(r).map_err(PullError::Invalid)?;
+    pull(c, s, &r, &platform(arch), &mut |_| {})
+}
+
+#[test]
+fn by_tag_and_by_digest_with_whiteouts_and_shared_layers() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let img = two_layer_image(&mut l, "amd64", b"amd64")?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "hello")?;
+
+    let store = Store::open(&t.path().join("store")).s()?;
+    let client = Client::new(http(&reg));
+    let mut events = Vec::new();
+    let rec = pull(
+        &client,
+        &store,
+        &Reference::parse(&format!("{}/hello:1", reg.host())).s()?,
+        &platform("amd64"),
+        &mut |e| events.push(e),
+    )?;
+    assert_eq!(rec.manifest, img.manifest);
+    assert_eq!(rec.layers, img.diff_ids);
+    assert!(
+        matches!(
+            &events[0],
+            Event::Resolved {
+                layers: 2,
+                missing: 2,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    let base = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[0]).s()?);
+    let top = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[1]).s()?);
+    assert_eq!(std::fs::read(base.join("etc/arch"))?, b"amd64");
+    assert_eq!(
+        std::fs::read_link(base.join("lib"))?,
+        std::path::Path::new("bin")
+    );
+    let wh = std::fs::symlink_metadata(top.join("etc/old"))?;
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "the whiteout is overlayfs's"
+    );
+    assert_eq!(
+        std::fs::metadata(top.join("etc/new"))?.mode() & 0o777,
+        0o600
+    );
+
+    // By digest: the same image, nothing fetched again.
+    let by_digest = format!("{}/hello@{}", reg.host(), img.manifest);
+    let mut missing = None;
+    let rec2 = pull(
+        &client,
+        &store,
+        &Reference::parse(&by_digest).s()?,
+        &platform("amd64"),
+        &mut |e| {
+            if let Event::Resolved { missing: m, .. } = e {
+                missing = Some(m);
+            }
+        },
+    )?;
+    assert_eq!(rec2.manifest, img.manifest);
+    assert_eq!(missing, Some(0), "shared layers are kept once");
+    assert_eq!(store.refs().len(), 2);
+
+    // Removing one reference keeps what the other names; removing both frees it all.
+    store
+        .remove_ref(
+            &Reference::parse(&format!("{}/hello:1", reg.host()))
+                .s()?
+                .to_string(),
+        )
+        .s()?;
+    assert_eq!(store.gc(&[]).s()?, (0, 0));
+    store
+        .remove_ref(&Reference::parse(&by_digest).s()?.to_string())
+        .s()?;
+    assert_eq!(store.gc(&[]).s()?, (2, 2));
+    Ok(())
+}
+
+#[test]
+fn an_index_resolves_to_the_machines_platform() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let amd = two_layer_image(&mut l, "amd64", b"amd64")?;
+    let arm = two_layer_image(&mut l, "arm64", b"arm64")?;
+    let index = l.tag_index("multi", &[("amd64", &amd), ("arm64", &arm)])?;
+    reg.push(&l.dir, "multi", "hello")?;
+
+    let store = Store::open(&t.path().join("store")).s()?;
+    let client = Client::new(http(&reg));
+    let r = format!("{}/hello:multi", reg.host());
+    let rec = pull_quiet(&client, &store, &r, "arm64")?;
+    assert_eq!(
+        rec.manifest, arm.manifest,
+        "the arm64 guest gets the arm64 image"
+    );
+    assert_eq!(rec.index.as_deref(), Some(index.as_str()));
+    let base = store.layer_path(&ros_registry::Digest::parse(&arm.diff_ids[0]).s()?);
+    assert_eq!(std::fs::read(base.join("etc/arch"))?, b"arm64");
+    let e = pull_quiet(&client, &store, &r, "riscv64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::NotFound(m) if m.contains("no image for linux/riscv64") && m.contains("linux/arm64/v8")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn tls_with_a_registry_ca_and_htpasswd() -> Result<()> {
+    let creds = ("ros".to_string(), "s3cret".to_string());
+    let reg = Registry::start(&RegistryOptions {
+        tls: true,
+        creds: Some(creds.clone()),
+        ..Default::default()
+    })?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let img = two_layer_image(&mut l, "amd64", b"x")?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "private/hello")?;
+    let store = Store::open(&t.path().join("store")).s()?;
+    let r = format!("{}/private/hello:1", reg.host());
+    let cfg = |user: Option<&str>, pass: &str, ca: bool| {
+        let mut c = Registries::default();
+        c.configs.insert(
+            reg.host(),
+            HostConfig {
+                username: user.map(Into::into),
+                password: user.map(|_| pass.to_string()),
+                ca: ca.then(|| reg.ca.clone().unwrap_or_default()),
+                ..Default::default()
+            },
+        );
+        c
+    };
+
+    let rec = pull_quiet(
+        &Client::new(cfg(Some("ros"), "s3cret", true)),
+        &store,
+        &r,
+        "amd64",
+    )?;
+    assert_eq!(rec.manifest, img.manifest);
+
+    let e = pull_quiet(
+        &Client::new(cfg(Some("ros"), "wrong", true)),
+        &store,
+        &r,
+        "amd64",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, PullError::Auth(m) if m.contains("credentials were refused") && m.contains(&reg.host())),
+        "{e}"
+    );
+    let e = pull_quiet(&Client::new(cfg(None, "", true)), &store, &r, "amd64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::Auth(m) if m.contains("asks for a username and password")),
+        "{e}"
+    );
+    // Without the CA, the built-in roots do not know the test CA.
+    let e = pull_quiet(
+        &Client::new(cfg(Some("ros"), "s3cret", false)),
+        &store,
+        &r,
+        "amd64",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("TLS with"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn an_altered_blob_is_refused_and_nothing_is_stored() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let img = two_layer_image(&mut l, "amd64", b"x")?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "hello")?;
+    // Flip a byte of the uncompressed top layer in the registry's storage.
+    let f = reg.blob_file(&img.layers[1]);
+    let mut bytes = std::fs::read(&f)?;
+    bytes[600] ^= 0x20;
+    std::fs::write(&f, bytes)?;
+
+    let root = t.path().join("store");
+    let store = Store::open(&root).s()?;
+    let e = pull_quiet(
+        &Client::new(http(&reg)),
+        &store,
+        &format!("{}/hello:1", reg.host()),
+        "amd64",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, PullError::Invalid(m) if m.contains("digest mismatch") && m.contains(&img.layers[1])),
+        "{e}"
+    );
+    assert!(store.refs().is_empty());
+    let top = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[1]).s()?);
+    assert!(!top.exists(), "the bad layer is not in the store");
+    assert_eq!(
+        std::fs::read_dir(root.join("tmp"))?.count(),
+        0,
+        "nothing left half-written"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let img = two_layer_image(&mut l, "amd64", b"x")?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "hello")?;
+    let dead = ros_tests::free_port()?;
+    let mut cfg = Registries::default();
+    cfg.mirrors.insert(
+        reg.host(),
+        Mirror {
+            endpoints: vec![
+                format!("http://127.0.0.1:{dead}"),
+                format!("http://{}", reg.host()),
+            ],
+        },
+    );
+    let store = Store::open(&t.path().join("store")).s()?;
+    let rec = pull_quiet(
+        &Client::new(cfg.clone()),
+        &store,
+        &format!("{}/hello:1", reg.host()),
+        "amd64",
+    )?;
+    assert_eq!(rec.manifest, img.manifest);
+
+    // Only the dead endpoint: an error worth retrying, naming it.
+    let mut down = Registries::default();
+    down.mirrors.insert(
+        format!("127.0.0.1:{dead}"),
+        Mirror {
+            endpoints: vec![format!("http://127.0.0.1:{dead}")],
+        },
+    );
+    let e = pull_quiet(
+        &Client::new(down),
+        &store,
+        &format!("127.0.0.1:{dead}/hello:1"),
+        "amd64",
+    )
+    .unwrap_err();
+    assert!(
+        e.retryable() && e.to_string().contains(&dead.to_string()),
+        "{e}"
+    );
+    Ok(())
+}
