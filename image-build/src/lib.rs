@@ -184,6 +184,19 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         InitKind::Ros => add_images(&mut full, arch, &opts.out, opts.layer_store, opts.quiet)?,
         InitKind::Null => 0,
     };
+    if opts.init == InitKind::Ros {
+        // The program the init runs to pull an image (crates/ros-registry): HTTP, TLS and
+        // decompression stay out of PID 1.
+        progress(&format!("building ros-pull for {}", arch.musl_target()));
+        let pull = cargo_build(arch, "ros-registry", "ros-pull", opts.quiet)?;
+        let bytes = std::fs::read(&pull).with_context(|| format!("reading {}", pull.display()))?;
+        full.dir(&format!("{IMAGES_DIR}/bin"), 0o755);
+        full.file(
+            &format!("{IMAGES_DIR}/bin/ros-pull.gz"),
+            0o644,
+            compress(&bytes)?,
+        );
+    }
     if let (InitKind::Ros, Some(p)) = (opts.init, &opts.user_data) {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         // The checks the boot makes (the whole config: the services it makes, their

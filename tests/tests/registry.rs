@@ -338,3 +338,88 @@ fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()
     );
     Ok(())
 }
+
+/// A guest's service names an image in a registry on the host that is down when the guest
+/// boots: the boot goes on (the service waits, the pull is retried), then the registry comes
+/// up and the service starts from the pulled image. The image is an index of an amd64 and an
+/// arm64 image; the guest runs its own platform's (a health check reads the marker file).
+fn guest_pulls_when_the_registry_comes_up(arch: ros_tests::Arch) -> Result<()> {
+    use std::time::Duration;
+    let port = ros_tests::free_port()?;
+    let host = format!("10.0.2.2:{port}");
+    let image = format!("{host}/hello:multi");
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    use std::io::Write;
+    write!(
+        ud,
+        r#"
+[registries.mirrors."{host}"]
+endpoints = ["http://{host}"]
+
+[services.hello]
+image = "{image}"
+command = ["/bin/busybox", "sh", "-c", "exec /bin/busybox sleep 3600"]
+health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], interval = "1s" }}
+"#,
+        oci_arch = match arch {
+            ros_tests::Arch::X86_64 => "amd64",
+            ros_tests::Arch::Aarch64 => "arm64",
+        }
+    )?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    let g = ros_qemu::Guest::spawn(&cfg)?;
+    let ready = g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    let hello = ready["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "hello"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hello["state"], "pulling", "{hello}");
+    g.wait_for(&format!("image {image}: "), Duration::from_secs(60))?;
+    g.wait_for("(retrying)", Duration::from_secs(60))?;
+
+    // The registry comes up on that port, with both platforms' images.
+    let reg = Registry::start(&RegistryOptions {
+        port: Some(port),
+        ..Default::default()
+    })?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let mut built = Vec::new();
+    for (a, oci) in [
+        (ros_tests::Arch::X86_64, "amd64"),
+        (ros_tests::Arch::Aarch64, "arm64"),
+    ] {
+        let bb = std::fs::read(ros_tests::image(a)?.join("staging/busybox/bin/busybox"))?;
+        let base = Layout::tar(&[("bin/", 0o755, b""), ("bin/busybox", 0o755, &bb)])?;
+        let top = Layout::tar(&[("marker", 0o644, oci.as_bytes())])?;
+        built.push((oci, l.image(oci, &[(base, Comp::Gzip), (top, Comp::Gzip)])?));
+    }
+    l.tag_index(
+        "multi",
+        &[(built[0].0, &built[0].1), (built[1].0, &built[1].1)],
+    )?;
+    reg.push(&l.dir, "multi", "hello")?;
+
+    let wait = Duration::from_secs(180);
+    g.wait_for(&format!("image {image}: pulled"), wait)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", g.tail(40)))?;
+    g.wait_for("service hello is healthy", wait)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", g.tail(40)))?;
+    Ok(())
+}
+
+mod x86_64 {
+    #[test]
+    fn guest_pulls_when_the_registry_comes_up() -> anyhow::Result<()> {
+        super::guest_pulls_when_the_registry_comes_up(ros_tests::Arch::X86_64)
+    }
+}
+
+mod aarch64 {
+    #[test]
+    fn guest_pulls_when_the_registry_comes_up() -> anyhow::Result<()> {
+        super::guest_pulls_when_the_registry_comes_up(ros_tests::Arch::Aarch64)
+    }
+}

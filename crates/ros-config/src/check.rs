@@ -54,16 +54,37 @@ pub fn services(
                 blocked.insert(name.to_string());
             }
             Some(img) if !images.contains(&img.value) => {
-                let hint = suggest(&img.value, &image_list)
-                    .map(|c| format!("; did you mean `{c}`?"))
-                    .unwrap_or_default();
-                errors.push(ConfigError::new(
-                    &img.source,
-                    img.pos,
-                    &key(name, "image"),
-                    format!("there is no image `{}`{hint}", img.value),
-                ));
-                blocked.insert(name.to_string());
+                // Not a baked image: a registry reference, pulled before the service starts.
+                // A bare name close to a baked one is taken for a typo of it (pulling it from
+                // Docker Hub is still one explicit `docker.io/library/NAME` away).
+                let bare = !img.value.contains(['/', ':', '@']);
+                let near = if bare {
+                    suggest(&img.value, &image_list)
+                } else {
+                    None
+                };
+                let problem = match (ros_registry::Reference::parse(&img.value), near) {
+                    (Err(e), near) => Some(format!(
+                        "there is no image `{}`{}, and {e}",
+                        img.value,
+                        near.map(|c| format!(" (did you mean `{c}`?)"))
+                            .unwrap_or_default()
+                    )),
+                    (Ok(_), Some(c)) => Some(format!(
+                        "there is no image `{}`; did you mean `{c}`? (to pull `{}` from Docker Hub, write `docker.io/library/{}`)",
+                        img.value, img.value, img.value
+                    )),
+                    (Ok(_), None) => None,
+                };
+                if let Some(p) = problem {
+                    errors.push(ConfigError::new(
+                        &img.source,
+                        img.pos,
+                        &key(name, "image"),
+                        p,
+                    ));
+                    blocked.insert(name.to_string());
+                }
             }
             Some(_) => {}
         }
@@ -317,7 +338,9 @@ depends_on = ["a"]
 image = "busybox"
 depends_on = ["syslogg"]
 [services.d]
-image = "nope"
+image = "No pe"
+[services.pulled]
+image = "10.0.2.2:5000/hello:1"
 [services.e]
 image = "busybox"
 depends_on = ["c"]
@@ -340,7 +363,8 @@ depends_on = ["off"]
             "{msgs:#?}"
         );
         assert!(
-            msgs.iter().any(|m| m.contains("there is no image `nope`")),
+            msgs.iter()
+                .any(|m| m.contains("there is no image `No pe`, and")),
             "{msgs:#?}"
         );
         assert!(
@@ -393,7 +417,7 @@ depends_on = ["off"]
         // One image missing at the root of the chain blocks all of it, and nothing else.
         let mut s = chain(5_000, false);
         s.get_mut("s0").expect("s0").image =
-            Some(crate::service::Located::builtin("gone".into(), "t"));
+            Some(crate::service::Located::builtin("Gone!".into(), "t"));
         s.insert("other".into(), chain(1, false)["s0"].clone());
         let (_, blocked) = services(&s, &images);
         assert_eq!(blocked.len(), 5_000);

@@ -49,6 +49,8 @@ pub struct ServicesDiff {
     pub env: Vec<String>,
     /// Every enabled service that must not start, after the change.
     pub blocked: BTreeSet<String>,
+    /// The registry settings, when they changed (and at boot).
+    pub registries: Option<crate::registries::Registries>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -177,6 +179,7 @@ pub fn diff(before: Option<&Loaded>, after: &Loaded, ctx: &Context) -> Diff {
         changed,
         env: services.env,
         blocked,
+        registries: (a.registries != b.registries).then(|| b.registries.clone()),
     };
     d
 }
@@ -209,6 +212,7 @@ fn boot(after: &Loaded) -> Diff {
                 .collect(),
             env: after.services.env.clone(),
             blocked: after.blocked.clone(),
+            registries: Some(b.registries.clone()),
         },
         next_boot: Vec::new(),
     }

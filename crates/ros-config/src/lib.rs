@@ -14,6 +14,7 @@ pub mod host;
 pub mod layered;
 pub mod load;
 pub mod node;
+pub mod registries;
 pub mod schema;
 pub mod service;
 pub mod shipped;

@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
         assert_eq!(
             l.errors[0].to_string(),
-            "f:2:9: services.a.image: there is no image `nope`; did you mean `ntp`?"
+            "f:2:9: services.a.image: there is no image `nope`; did you mean `ntp`? (to pull `nope` from Docker Hub, write `docker.io/library/nope`)"
         );
         assert_eq!(
             l.blocked.iter().map(String::as_str).collect::<Vec<_>>(),

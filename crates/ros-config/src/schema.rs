@@ -60,6 +60,8 @@ crate::table! {
         /// Login users of the console.
         #[serde(skip_serializing_if = "Option::is_none")]
         users: Option<Vec<crate::host::User>> = "users" => crate::host::read_users,
+        /// Mirrors, credentials and CAs for pulling images.
+        registries: crate::registries::Registries = "registries" => crate::registries::Registries::read,
     }
 }
 

@@ -164,6 +164,17 @@ crate::table! {
         image: Option<Located<String>> = "image" => |w, p, n| {
             w.string(p, n).map(|v| located(w, n, v))
         },
+        /// When a registry image is pulled: `if-not-present` (the default), `always` (each
+        /// time the definition is applied), `never`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pull: Option<String> = "pull" => |w, p, n| {
+            let v = w.string(p, n)?;
+            if !matches!(v.as_str(), "if-not-present" | "always" | "never") {
+                w.err(n.pos, p, format!("expected `if-not-present`, `always` or `never`, found `{v}`"));
+                return None;
+            }
+            Some(v)
+        },
         #[serde(skip_serializing_if = "Option::is_none")]
         command: Option<Vec<String>> = "command" => |w, p, n| {
             let c = w.list(p, n, |w, p, n| w.string(p, n))?;
@@ -363,7 +374,7 @@ pub fn service_name_ok(name: &str) -> Result<(), String> {
     }
 }
 
-fn abs_path(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
+pub(crate) fn abs_path(w: &mut Walker<'_>, path: &str, node: &Node) -> Option<String> {
     let s = w.string(path, node)?;
     if !s.starts_with('/') || s.split('/').any(|p| p == "..") {
         w.err(

@@ -102,7 +102,8 @@ fn valid_tag(t: &str) -> bool {
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
-fn valid_registry(r: &str) -> bool {
+/// Whether `r` is a registry's `host[:port]` (a name, an IPv4 or a bracketed IPv6 address).
+pub fn valid_registry(r: &str) -> bool {
     let (host, port) = match r.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || r.starts_with('[') => (h, Some(p)),
         _ => (r, None),

@@ -19,30 +19,9 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use crate::reference::Digest;
 
-use crate::reference::{Digest, hex};
-
-/// What the store keeps of a pulled image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImageRecord {
-    /// The canonical reference (`docker.io/library/nginx:1.27`).
-    pub reference: String,
-    /// The image manifest's digest (for this platform).
-    pub manifest: String,
-    /// The index's digest when the reference named an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<String>,
-    pub config: String,
-    /// `os/architecture[/variant]`.
-    pub platform: String,
-    /// The layers' diff_ids, bottom first.
-    pub layers: Vec<String>,
-    /// The compressed size: config and layers, as the manifest gives them.
-    pub size: u64,
-    /// Seconds since the epoch.
-    pub pulled_at: u64,
-}
+pub use crate::record::{ImageRecord, ref_file};
 
 #[derive(Debug)]
 pub struct Store {
@@ -58,12 +37,6 @@ fn fsync_dir(dir: &Path) -> Result<(), String> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(ctx(format!("syncing {}", dir.display())))
-}
-
-/// The name of a reference's record file.
-fn ref_file(reference: &str) -> String {
-    use sha2::Digest as _;
-    format!("{}.json", hex(&sha2::Sha256::digest(reference.as_bytes())))
 }
 
 /// A folder or file under `tmp/` that is removed when dropped unless kept.

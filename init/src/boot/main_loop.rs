@@ -25,7 +25,7 @@ use crate::platform::kmod::Loader;
 use crate::platform::power::{self, Action};
 use crate::platform::shutdown;
 use crate::platform::sys::RealSys;
-use crate::services::supervisor::{Spawned, Supervisor};
+use crate::services::supervisor::{Event as SupEvent, Supervisor};
 
 /// What the rest of the init asks of the main loop.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ async fn next_net_event(net: &mut Option<NetState>) -> Option<ros_net::dhcp::dri
 }
 
 /// The next container setup report, once there is a supervisor.
-async fn next_spawned(sup: &mut Option<Supervisor>) -> Spawned {
+async fn next_spawned(sup: &mut Option<Supervisor>) -> SupEvent {
     match sup {
         Some(s) => s.next_spawned().await,
         None => std::future::pending().await,
@@ -220,7 +220,7 @@ impl MainLoop {
                 () = recv(&mut sigpwr) => self.shutdown(Action::Poweroff, "SIGPWR").await,
                 s = next_spawned(&mut self.sup) => self.timed("a container's setup report", |m| {
                     if let Some(sup) = m.sup.as_mut() {
-                        sup.on_spawned(s, uptime_ms());
+                        sup.on_event(s, uptime_ms());
                     }
                 }),
                 Some(ev) = next_net_event(&mut self.net) => self.timed("a lease event", |m| {

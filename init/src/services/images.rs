@@ -13,11 +13,13 @@ use nix::mount::MsFlags;
 pub const STORE: &str = "/usr/lib/ros";
 /// Where layers are mounted.
 pub const MOUNTS: &str = "/run/ros/layers";
+/// The store of images pulled from registries (`ros-pull`'s, crates/ros-registry).
+pub const PULLED: &str = "/var/lib/ros/images";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub name: String,
-    /// Layer digests (hex), bottom first.
+    /// Layer digests (hex), bottom first; for a pulled image, the layers' folders.
     pub layers: Vec<String>,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
@@ -31,6 +33,9 @@ pub struct ImageStore {
     mounts: PathBuf,
     images: BTreeMap<String, Image>,
     mounted: BTreeMap<String, PathBuf>,
+    /// The pulled store's root, and the images read from it (by the name a service gives).
+    pulled_root: PathBuf,
+    pulled: BTreeMap<String, Image>,
 }
 
 /// A blob's file in the layout; the digest must be `algorithm:hex` (no path in it).
@@ -142,6 +147,89 @@ impl ImageStore {
             mounts: mounts.to_path_buf(),
             images,
             mounted: BTreeMap::new(),
+            pulled_root: PathBuf::from(PULLED),
+            pulled: BTreeMap::new(),
+        })
+    }
+
+    /// Uses `root` as the pulled store (tests).
+    pub fn with_pulled_root(mut self, root: &Path) -> ImageStore {
+        self.pulled_root = root.to_path_buf();
+        self
+    }
+
+    pub fn pulled_root(&self) -> &Path {
+        &self.pulled_root
+    }
+
+    /// Whether `name` is an image of the initramfs (not one to pull).
+    pub fn is_baked(&self, name: &str) -> bool {
+        self.images.contains_key(name)
+    }
+
+    /// A baked image, or one pulled already (its record and config read from the store).
+    pub fn find(&mut self, name: &str) -> Option<&Image> {
+        if self.images.contains_key(name) {
+            return self.images.get(name);
+        }
+        if !self.pulled.contains_key(name) {
+            let img = self.read_pulled(name).ok()?;
+            self.pulled.insert(name.to_string(), img);
+        }
+        self.pulled.get(name)
+    }
+
+    /// Forgets what was read of a pulled image (it was pulled again).
+    pub fn forget_pulled(&mut self, name: &str) {
+        self.pulled.remove(name);
+    }
+
+    fn read_pulled(&self, name: &str) -> Result<Image, String> {
+        let r = ros_registry::Reference::parse(name)?;
+        let canonical = r.to_string();
+        let rec_path = self
+            .pulled_root
+            .join("refs")
+            .join(ros_registry::record::ref_file(&canonical));
+        let rec: ros_registry::ImageRecord = layout::read(&rec_path)?;
+        let cfg = ros_registry::Digest::parse(&rec.config)?;
+        let config: layout::Config = layout::read(
+            &self
+                .pulled_root
+                .join("blobs")
+                .join(&cfg.algorithm)
+                .join(&cfg.hex),
+        )?;
+        let layers = rec
+            .layers
+            .iter()
+            .map(|l| {
+                let d = ros_registry::Digest::parse(l)?;
+                let dir = self
+                    .pulled_root
+                    .join("layers")
+                    .join(&d.algorithm)
+                    .join(&d.hex);
+                if dir.is_dir() {
+                    Ok(dir.display().to_string())
+                } else {
+                    Err(format!(
+                        "layer {l} of {canonical} is missing from the store"
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let c = config.config.unwrap_or_default();
+        Ok(Image {
+            name: canonical,
+            layers,
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c
+                .working_dir
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
         })
     }
 
@@ -157,8 +245,7 @@ impl ImageStore {
     /// is not mounted yet.
     pub fn lower_dirs(&mut self, name: &str) -> Result<Vec<PathBuf>, String> {
         let layers = self
-            .images
-            .get(name)
+            .find(name)
             .ok_or_else(|| format!("there is no image `{name}`"))?
             .layers
             .clone();
@@ -179,6 +266,10 @@ impl ImageStore {
     }
 
     fn layer(&mut self, hex: &str) -> Result<PathBuf, String> {
+        // A pulled image's layers are folders of the pulled store already.
+        if hex.starts_with('/') {
+            return Ok(PathBuf::from(hex));
+        }
         if let Some(p) = self.mounted.get(hex) {
             return Ok(p.clone());
         }

@@ -12,6 +12,7 @@
 
 pub mod logs;
 pub mod machine;
+pub mod pulls;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +53,12 @@ pub struct Supervisor {
     starting: BTreeMap<i32, (String, Starting, Option<WaitStatus>)>,
     spawned_tx: mpsc::UnboundedSender<Spawned>,
     spawned_rx: mpsc::UnboundedReceiver<Spawned>,
+    /// Images being pulled, by the name services give them.
+    pulls: BTreeMap<String, pulls::Job>,
+    /// Services waiting for a pull: their definition and environment.
+    pending: BTreeMap<String, (Service, Vec<String>)>,
+    pull_tx: mpsc::UnboundedSender<pulls::Msg>,
+    pull_rx: mpsc::UnboundedReceiver<pulls::Msg>,
     /// Processes started in services' containers through the API (`ros service exec`), by
     /// helper pid: who waits for the exit status.
     execs: BTreeMap<i32, tokio::sync::oneshot::Sender<i32>>,
@@ -70,6 +77,13 @@ pub enum ExecIo {
     /// A connected unix socket: the process makes a terminal in its container, takes it, and
     /// sends its master over this (as to runc's console socket).
     Terminal(std::os::fd::OwnedFd),
+}
+
+/// What the supervisor waits for on the event loop.
+#[derive(Debug)]
+pub enum Event {
+    Spawned(Spawned),
+    Pull(pulls::Msg),
 }
 
 /// A container's setup report: empty when its program runs, else why the setup failed.
@@ -114,7 +128,12 @@ impl Supervisor {
     /// A supervisor with no services yet.
     pub fn new(images: ImageStore, paths: Paths, opts: SpawnOptions) -> Supervisor {
         let (spawned_tx, spawned_rx) = mpsc::unbounded_channel();
+        let (pull_tx, pull_rx) = mpsc::unbounded_channel();
         Supervisor {
+            pulls: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pull_tx,
+            pull_rx,
             starting: BTreeMap::new(),
             spawned_tx,
             spawned_rx,
@@ -138,6 +157,9 @@ impl Supervisor {
     /// one stops. Returns a line per service touched, and the problems.
     pub fn apply(&mut self, d: &ServicesDiff, now: u64) -> (Vec<String>, Vec<String>) {
         let (mut done, mut problems) = (Vec::new(), Vec::new());
+        if let Some(r) = &d.registries {
+            problems.extend(pulls::write_registries(r));
+        }
         let mut cmds = Vec::new();
         for (name, def) in &d.changed {
             let Some(def) = def else {
@@ -151,33 +173,14 @@ impl Supervisor {
             };
             let policy = if d.blocked.contains(name) {
                 self.specs.remove(name);
+                self.pending.remove(name);
                 blocked_policy(
                     name,
                     def,
                     "its definition has errors (see config_errors)".into(),
                 )
             } else {
-                let image = def.image.as_ref().and_then(|i| self.images.get(&i.value));
-                match image.map(|img| spec::resolve(name, def, img, &self.paths, &d.env, None)) {
-                    Some(Ok(spec)) => {
-                        let p = spec.policy.clone();
-                        self.specs.insert(name.clone(), spec);
-                        p
-                    }
-                    Some(Err(e)) => {
-                        problems.push(format!("service {name}: {e}"));
-                        self.specs.remove(name);
-                        blocked_policy(name, def, e)
-                    }
-                    None => {
-                        self.specs.remove(name);
-                        blocked_policy(
-                            name,
-                            def,
-                            "its image is not in this machine's image store".into(),
-                        )
-                    }
-                }
+                self.resolve_policy(name, def, &d.env, true, &mut problems, now)
             };
             if ONCE_PER_BOOT.contains(&name.as_str()) && self.machine.get(name).is_some() {
                 cmds.extend(self.machine.update_policy(policy, now));
@@ -231,11 +234,21 @@ impl Supervisor {
     }
 
     /// The next container setup report (never comes while none is pending).
-    pub async fn next_spawned(&mut self) -> Spawned {
-        loop {
-            if let Some(s) = self.spawned_rx.recv().await {
-                return s;
-            }
+    pub async fn next_spawned(&mut self) -> Event {
+        // Both senders are held here, so neither channel closes; were both ever closed, this
+        // waits forever rather than panic.
+        tokio::select! {
+            Some(s) = self.spawned_rx.recv() => Event::Spawned(s),
+            Some(m) = self.pull_rx.recv() => Event::Pull(m),
+            else => std::future::pending().await,
+        }
+    }
+
+    /// A container's setup report, or a pull's news.
+    pub fn on_event(&mut self, e: Event, now: u64) {
+        match e {
+            Event::Spawned(s) => self.on_spawned(s, now),
+            Event::Pull(m) => self.on_pull(m, now),
         }
     }
 
@@ -333,6 +346,15 @@ impl Supervisor {
 
     pub fn on_timer(&mut self, now: u64) {
         self.remove_leftovers();
+        let due: Vec<String> = self
+            .pulls
+            .iter()
+            .filter(|(_, j)| !j.running && j.retry_at.is_some_and(|t| t <= now))
+            .map(|(i, _)| i.clone())
+            .collect();
+        for image in due {
+            self.start_pull(&image, now);
+        }
         let cmds = self.machine.timer(now);
         self.run(cmds, now);
     }
@@ -341,10 +363,11 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<u64> {
         let leftovers = (!self.leftovers.is_empty())
             .then(|| crate::platform::clock::uptime_ms().saturating_add(LEFTOVER_RETRY_MS));
-        match (self.machine.next_deadline(), leftovers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let retry = self.pulls.values().filter_map(|j| j.retry_at).min();
+        [self.machine.next_deadline(), leftovers, retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Removes the groups of ended containers that have emptied since.
@@ -406,7 +429,11 @@ impl Supervisor {
                     .get(&s.policy.name)
                     .map(|x| x.image.clone())
                     .unwrap_or_default(),
-                state: s.state.name().to_string(),
+                state: if self.pending.contains_key(&s.policy.name) {
+                    "pulling".to_string()
+                } else {
+                    s.state.name().to_string()
+                },
                 pid: s.pid,
                 restarts: s.restarts,
                 health: s.health(),
@@ -417,6 +444,11 @@ impl Supervisor {
                         .get(&s.policy.name)
                         .map_or(0, |c| c.cgroup.oom_kills()),
                 detail: match &s.state {
+                    _ if self.pending.contains_key(&s.policy.name) => self
+                        .pulls
+                        .values()
+                        .find(|j| j.services.contains(&s.policy.name))
+                        .map(|j| j.status.clone()),
                     State::Failed { reason } => Some(reason.clone()),
                     State::Waiting => {
                         let waiting: Vec<&str> = s
@@ -432,6 +464,141 @@ impl Supervisor {
                 },
             })
             .collect()
+    }
+
+    /// The policy of a service to start: its spec resolved against its image, baked or pulled;
+    /// an image still to pull starts (or joins) a pull and keeps the service waiting for it.
+    fn resolve_policy(
+        &mut self,
+        name: &str,
+        def: &Service,
+        env: &[String],
+        may_pull: bool,
+        problems: &mut Vec<String>,
+        now: u64,
+    ) -> machine::Policy {
+        self.pending.remove(name);
+        for job in self.pulls.values_mut() {
+            job.services.remove(name);
+        }
+        let Some(image) = def.image.as_ref().map(|i| i.value.clone()) else {
+            self.specs.remove(name);
+            return blocked_policy(name, def, "no image given".into());
+        };
+        let policy = def.pull.as_deref().unwrap_or("if-not-present");
+        let baked = self.images.is_baked(&image);
+        if !baked && may_pull && (policy == "always" || self.images.find(&image).is_none()) {
+            if policy == "never" {
+                self.specs.remove(name);
+                return blocked_policy(
+                    name,
+                    def,
+                    format!("image `{image}` is not in the store, and pull = \"never\""),
+                );
+            }
+            self.specs.remove(name);
+            self.pending
+                .insert(name.to_string(), (def.clone(), env.to_vec()));
+            let job = self
+                .pulls
+                .entry(image.clone())
+                .or_insert_with(|| pulls::Job::new(policy));
+            job.services.insert(name.to_string());
+            if !job.running && job.retry_at.is_none() {
+                self.start_pull(&image, now);
+            }
+            return blocked_policy(
+                name,
+                def,
+                format!("waiting for image `{image}` to be pulled"),
+            );
+        }
+        let resolved = self
+            .images
+            .find(&image)
+            .map(|img| spec::resolve(name, def, img, &self.paths, env, None));
+        match resolved {
+            Some(Ok(spec)) => {
+                let p = spec.policy.clone();
+                self.specs.insert(name.to_string(), spec);
+                p
+            }
+            Some(Err(e)) => {
+                problems.push(format!("service {name}: {e}"));
+                self.specs.remove(name);
+                blocked_policy(name, def, e)
+            }
+            None => {
+                self.specs.remove(name);
+                blocked_policy(
+                    name,
+                    def,
+                    format!("image `{image}` is not in this machine's image store"),
+                )
+            }
+        }
+    }
+
+    fn start_pull(&mut self, image: &str, now: u64) {
+        let Some(job) = self.pulls.get_mut(image) else {
+            return;
+        };
+        job.running = true;
+        job.retry_at = None;
+        job.status = "pulling".into();
+        let _ = now;
+        log::info!("image {image}: pulling");
+        pulls::start(
+            image.to_string(),
+            job.policy.clone(),
+            self.images.pulled_root().to_path_buf(),
+            self.pull_tx.clone(),
+        );
+    }
+
+    /// A line from a pull, or its end.
+    fn on_pull(&mut self, m: pulls::Msg, now: u64) {
+        let Some(job) = self.pulls.get_mut(&m.image) else {
+            return;
+        };
+        if let Some(line) = m.line {
+            job.line(&line);
+            return;
+        }
+        let outcome = job.ended(now);
+        let image = m.image;
+        let mut cmds = Vec::new();
+        match outcome {
+            Ok(()) => {
+                log::info!("image {image}: pulled");
+                self.images.forget_pulled(&image);
+                let job = self.pulls.remove(&image);
+                for svc in job.map(|j| j.services).unwrap_or_default() {
+                    if let Some((def, env)) = self.pending.remove(&svc) {
+                        let mut problems = Vec::new();
+                        let policy =
+                            self.resolve_policy(&svc, &def, &env, false, &mut problems, now);
+                        for p in problems {
+                            log::warn!("{p}");
+                        }
+                        cmds.extend(self.machine.redefine(policy, now));
+                    }
+                }
+            }
+            Err((true, msg)) => log::warn!("image {image}: {msg} (retrying)"),
+            Err((false, msg)) => {
+                log::error!("image {image}: {msg}");
+                let job = self.pulls.remove(&image);
+                for svc in job.map(|j| j.services).unwrap_or_default() {
+                    if let Some((def, _)) = self.pending.remove(&svc) {
+                        let policy =
+                            blocked_policy(&svc, &def, format!("pulling `{image}`: {msg}"));
+                        cmds.extend(self.machine.redefine(policy, now));
+                    }
+                }
+            }
+        }
+        self.run(cmds, now);
     }
 
     /// Carries out commands, and those their results lead to.
