@@ -163,6 +163,7 @@ impl Supervisor {
         let mut cmds = Vec::new();
         for (name, def) in &d.changed {
             let Some(def) = def else {
+                self.forget_pending(name);
                 if let Ok(c) = self.machine.stop(name, now) {
                     if self.machine.get(name).is_some_and(|s| s.pid.is_some()) {
                         done.push(format!("{name}: stopped (disabled or no longer defined)"));
@@ -173,7 +174,7 @@ impl Supervisor {
             };
             let policy = if d.blocked.contains(name) {
                 self.specs.remove(name);
-                self.pending.remove(name);
+                self.forget_pending(name);
                 blocked_policy(
                     name,
                     def,
@@ -477,10 +478,7 @@ impl Supervisor {
         problems: &mut Vec<String>,
         now: u64,
     ) -> machine::Policy {
-        self.pending.remove(name);
-        for job in self.pulls.values_mut() {
-            job.services.remove(name);
-        }
+        self.forget_pending(name);
         let Some(image) = def.image.as_ref().map(|i| i.value.clone()) else {
             self.specs.remove(name);
             return blocked_policy(name, def, "no image given".into());
@@ -539,6 +537,17 @@ impl Supervisor {
         }
     }
 
+    /// `name` no longer waits for a pull (redefined, disabled or removed); a pull that no
+    /// service waits for is not tried again.
+    fn forget_pending(&mut self, name: &str) {
+        self.pending.remove(name);
+        for job in self.pulls.values_mut() {
+            job.services.remove(name);
+        }
+        self.pulls
+            .retain(|_, j| j.running || !j.services.is_empty());
+    }
+
     fn start_pull(&mut self, image: &str, now: u64) {
         let Some(job) = self.pulls.get_mut(image) else {
             return;
@@ -585,7 +594,16 @@ impl Supervisor {
                     }
                 }
             }
-            Err((true, msg)) => log::warn!("image {image}: {msg} (retrying)"),
+            Err((true, msg)) => {
+                log::warn!("image {image}: {msg} (retrying)");
+                if self
+                    .pulls
+                    .get(&image)
+                    .is_some_and(|j| j.services.is_empty())
+                {
+                    self.pulls.remove(&image);
+                }
+            }
             Err((false, msg)) => {
                 log::error!("image {image}: {msg}");
                 let job = self.pulls.remove(&image);
