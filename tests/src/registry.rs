@@ -372,3 +372,55 @@ impl Layout {
         Ok(())
     }
 }
+
+/// A loopback port held for a test: every connection is closed at once, as by a host with
+/// nothing listening, while no other test's `free_port()` can get it. Dropped (or
+/// [`Refuser::release`]d), the port is free again.
+#[derive(Debug)]
+pub struct Refuser {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Refuser {
+    pub fn start() -> Result<Refuser> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        l.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => drop(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Refuser {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops refusing and frees the port (for a server to take it).
+    pub fn release(mut self) -> u16 {
+        self.stop_now();
+        self.port
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Refuser {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}

@@ -297,7 +297,8 @@ fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()
     let img = two_layer_image(&mut l, "amd64", b"x")?;
     l.tag_image("1", &img, "amd64")?;
     reg.push(&l.dir, "1", "hello")?;
-    let dead = ros_tests::free_port()?;
+    let refuser = ros_tests::registry::Refuser::start()?;
+    let dead = refuser.port;
     let mut cfg = Registries::default();
     cfg.mirrors.insert(
         reg.host(),
@@ -345,14 +346,20 @@ fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()
 /// arm64 image; the guest runs its own platform's (a health check reads the marker file).
 fn guest_pulls_when_the_registry_comes_up(arch: ros_tests::Arch) -> Result<()> {
     use std::time::Duration;
-    let port = ros_tests::free_port()?;
+    // The registry's port is held (closing every connection) until the registry starts.
+    let refuser = ros_tests::registry::Refuser::start()?;
+    let port = refuser.port;
     let host = format!("10.0.2.2:{port}");
     let image = format!("{host}/hello:multi");
+    let key = ros_tests::SshKey::new()?;
+    let ssh_port = ros_tests::free_port()?;
     let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
     use std::io::Write;
     write!(
         ud,
         r#"
+ssh_authorized_keys = ["{pubkey}"]
+
 [registries.mirrors."{host}"]
 endpoints = ["http://{host}"]
 
@@ -361,6 +368,7 @@ image = "{image}"
 command = ["/bin/busybox", "sh", "-c", "exec /bin/busybox sleep 3600"]
 health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], interval = "1s" }}
 "#,
+        pubkey = key.public,
         oci_arch = match arch {
             ros_tests::Arch::X86_64 => "amd64",
             ros_tests::Arch::Aarch64 => "arm64",
@@ -368,6 +376,7 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
     )?;
     let mut cfg = ros_tests::config(arch)?;
     cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(ssh_port, 22)];
     let g = ros_qemu::Guest::spawn(&cfg)?;
     let ready = g.wait_ready(ros_tests::READY_TIMEOUT)?;
     let hello = ready["services"]
@@ -380,6 +389,7 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
     g.wait_for("(retrying)", Duration::from_secs(60))?;
 
     // The registry comes up on that port, with both platforms' images.
+    refuser.release();
     let reg = Registry::start(&RegistryOptions {
         port: Some(port),
         ..Default::default()
@@ -407,6 +417,61 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
         .map_err(|e| anyhow::anyhow!("{e}\n{}", g.tail(40)))?;
     g.wait_for("service hello is healthy", wait)
         .map_err(|e| anyhow::anyhow!("{e}\n{}", g.tail(40)))?;
+
+    // The CLI, in the console over SSH.
+    let ros = |args: &str| -> Result<(i32, String)> {
+        let out = key.run(
+            ssh_port,
+            &format!("ros {args} 2>&1; echo \"exit=$?\""),
+            wait,
+        )?;
+        let (body, last) = out
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", out.trim_end()));
+        let code = last
+            .strip_prefix("exit=")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(-1);
+        Ok((code, body.to_string()))
+    };
+    let (code, out) = ros("image list -o json")?;
+    anyhow::ensure!(code == 0, "image list: {out}");
+    let list: serde_json::Value = serde_json::from_str(out.trim())?;
+    let pulled = list
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["source"] == "registry"))
+        .cloned()
+        .unwrap_or_default();
+    let own = &built[usize::from(arch == ros_tests::Arch::Aarch64)].1;
+    assert_eq!(pulled["reference"], image, "{list:#}");
+    assert_eq!(pulled["manifest"], own.manifest.as_str(), "{list:#}");
+    assert!(
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|i| i["reference"] == "busybox" && i["source"] == "boot")),
+        "{list:#}"
+    );
+    // In use: refused, named.
+    let (code, out) = ros(&format!("image rm {image}"))?;
+    assert!(
+        code != 0 && out.contains("the image of service `hello`"),
+        "{code}: {out}"
+    );
+    // A second tag of the same content: pulled (nothing new fetched), removed, pruned.
+    reg.push(&l.dir, "multi", "again")?;
+    let again = format!("{host}/again:multi");
+    let (code, out) = ros(&format!("image pull {again}"))?;
+    assert!(code == 0 && out.contains(&own.manifest), "{code}: {out}");
+    let (code, out) = ros(&format!("image rm {again}"))?;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = ros("image prune")?;
+    assert!(code == 0, "{out}");
+    let (code, out) = ros("image pull 10.0.2.2:1/nothing:1")?;
+    assert!(code != 0 && out.contains("10.0.2.2:1"), "{code}: {out}");
+    // The service still runs from the store (its layers were kept).
+    let (code, out) = ros("service status hello")?;
+    assert!(code == 0 && out.contains("running"), "{out}");
     Ok(())
 }
 

@@ -106,6 +106,36 @@ pub enum Request {
     Power {
         action: PowerAction,
     },
+    /// Pulls an image into the store; its progress comes as lines (`ros-pull`'s JSON events).
+    ImagePull {
+        reference: String,
+    },
+    /// The images: the boot image's and those pulled.
+    ImageList,
+    /// Forgets a pulled image (its content goes at the next prune).
+    ImageRemove {
+        reference: String,
+    },
+    /// Removes what no image and no service's image needs.
+    ImagePrune,
+}
+
+/// An image `ros image list` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The canonical reference, or the boot image's name.
+    pub reference: String,
+    /// `registry` (pulled into the store) or `boot` (in the initramfs).
+    pub source: String,
+    /// The image manifest's digest, for a pulled image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Compressed size (config and layers), for a pulled image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub layers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +203,10 @@ pub enum Response {
     OsInfo(Box<OsInfo>),
     /// The end of a stream that was not followed.
     End,
+    /// `image_list`.
+    Images(Vec<ImageInfo>),
+    /// `image_pull`: the image now in the store.
+    Image(Box<ImageInfo>),
     /// `service_exec`: the process ended with this status (128 + the signal when killed).
     Exited {
         code: i32,

@@ -56,6 +56,9 @@ enum Cmd {
     },
     /// The boot timeline, config errors, the state disk and the services' health.
     Status,
+    /// Images: those of the boot image, and those pulled from registries.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// The OS.
     #[command(subcommand)]
     Os(OsCmd),
@@ -130,6 +133,19 @@ enum ServiceCmd {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Pull an image (REF: `nginx:1.27`, `10.0.2.2:5000/hello:1`, `name@sha256:...`) into the
+    /// store, with the user-data's registry settings.
+    Pull { reference: String },
+    /// The images: the boot image's and the pulled ones.
+    List,
+    /// Forget a pulled image (its content goes at the next prune).
+    Rm { reference: String },
+    /// Remove what no image and no service's image needs.
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +228,16 @@ fn run(cli: &Cli) -> Result<(), u8> {
             follow: *follow,
         },
         Cmd::Status => Request::Status,
+        Cmd::Image(i) => match i {
+            ImageCmd::Pull { reference } => Request::ImagePull {
+                reference: reference.clone(),
+            },
+            ImageCmd::List => Request::ImageList,
+            ImageCmd::Rm { reference } => Request::ImageRemove {
+                reference: reference.clone(),
+            },
+            ImageCmd::Prune => Request::ImagePrune,
+        },
         Cmd::Os(_) => Request::OsInfo,
         Cmd::Reboot => Request::Power {
             action: PowerAction::Reboot,
@@ -220,11 +246,26 @@ fn run(cli: &Cli) -> Result<(), u8> {
             action: PowerAction::Poweroff,
         },
     };
+    let pulling = matches!(req, Request::ImagePull { .. });
+    let terminal = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let reply = call(cli, req, &[], |line| {
-        let _ = writeln!(out, "{line}");
+        if pulling {
+            // A pull's progress events: a line that rewrites itself on a terminal, the events
+            // themselves with `-o json`, nothing otherwise.
+            if cli.output == Output::Json {
+                let _ = writeln!(out, "{line}");
+            } else if terminal {
+                let _ = write!(out, "\r\x1b[K{}", progress(line));
+            }
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = out.flush();
     })?;
+    if pulling && terminal && cli.output != Output::Json {
+        let _ = write!(out, "\r\x1b[K");
+    }
     drop(out);
     match reply {
         Reply::Ok { result, notes } => {
@@ -409,12 +450,69 @@ fn show(cli: &Cli, result: &Response) -> u8 {
                 println!("{}{what}: done", d.action);
             }
         }
+        Response::Images(list) => {
+            let rows: Vec<Vec<String>> = list.iter().map(image_row).collect();
+            table(
+                &["REFERENCE", "SOURCE", "PLATFORM", "SIZE", "MANIFEST"],
+                &rows,
+            );
+        }
+        Response::Image(i) => {
+            println!(
+                "{}: {}",
+                i.reference,
+                i.manifest.as_deref().unwrap_or("pulled")
+            );
+        }
         Response::Changed { .. }
         | Response::End
         | Response::Validation(_)
         | Response::Exited { .. } => {}
     }
     0
+}
+
+/// One progress event of a pull, as a short line.
+fn progress(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let mib = |n: &serde_json::Value| n.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+    let short = |d: &serde_json::Value| {
+        let d = d.as_str().unwrap_or("?");
+        d.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    match v["event"].as_str() {
+        Some("resolved") => format!(
+            "{} layers, {} to fetch, {:.1} MiB",
+            v["layers"],
+            v["missing"],
+            mib(&v["size"])
+        ),
+        Some("layer") => format!(
+            "layer {}: {:.1} / {:.1} MiB",
+            short(&v["digest"]),
+            mib(&v["done"]),
+            mib(&v["total"])
+        ),
+        Some("layer_done") => format!("layer {}: done", short(&v["digest"])),
+        _ => String::new(),
+    }
+}
+
+fn image_row(i: &ros_api::ImageInfo) -> Vec<String> {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    vec![
+        i.reference.clone(),
+        i.source.clone(),
+        or_dash(i.platform.clone()),
+        or_dash(
+            i.size
+                .map(|s| format!("{:.1} MiB", s as f64 / (1 << 20) as f64)),
+        ),
+        or_dash(i.manifest.clone()),
+    ]
 }
 
 fn service_row(s: &ServiceReport) -> Vec<String> {

@@ -110,6 +110,9 @@ pub enum PullError {
     /// Content that is not what it claims (digest, size, format).
     #[error("{0}")]
     Invalid(String),
+    /// Something this machine cannot do (HTTPS on a CPU without the crypto's instructions).
+    #[error("{0}")]
+    Unsupported(String),
     /// The local store (disk full, permissions).
     #[error("{0}")]
     Store(String),
@@ -126,6 +129,7 @@ impl PullError {
             PullError::Auth(_) => "auth",
             PullError::NotFound(_) => "not_found",
             PullError::Invalid(_) => "invalid",
+            PullError::Unsupported(_) => "unsupported",
             PullError::Store(_) => "store",
         }
     }
@@ -136,6 +140,7 @@ impl PullError {
             PullError::Auth(_) => PullError::Auth(m),
             PullError::NotFound(_) => PullError::NotFound(m),
             PullError::Invalid(_) => PullError::Invalid(m),
+            PullError::Unsupported(_) => PullError::Unsupported(m),
             PullError::Store(_) => PullError::Store(m),
         }
     }
@@ -312,7 +317,7 @@ impl Client {
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(60)));
         if ep.is_https() {
-            tls_cpu_check().map_err(PullError::Unavailable)?;
+            tls_cpu_check().map_err(|e| PullError::Unsupported(format!("{}: {e}", ep.base)))?;
             let hc = self.host_config(&ep.host);
             let roots = match &hc.ca {
                 Some(pem) => {

@@ -4,7 +4,7 @@
 use ros_api::{Reply, Request};
 
 use super::Ctx;
-use super::handlers::{config, logs, services, system};
+use super::handlers::{config, images, logs, services, system};
 use super::transport::Writer;
 
 pub async fn route(ctx: &Ctx, req: Request, fds: Vec<std::os::fd::OwnedFd>, w: &mut Writer) {
@@ -31,6 +31,10 @@ pub async fn route(ctx: &Ctx, req: Request, fds: Vec<std::os::fd::OwnedFd>, w: &
         Request::Status => system::status(ctx).await,
         Request::OsInfo => system::os_info(ctx),
         Request::Power { action } => system::power(ctx, action),
+        Request::ImagePull { reference } => images::pull(w, &reference).await,
+        Request::ImageList => images::list().await,
+        Request::ImageRemove { reference } => images::remove(ctx, &reference).await,
+        Request::ImagePrune => images::prune(ctx).await,
     };
     let _ = w.send(&reply).await;
 }

@@ -235,7 +235,14 @@ fn main() -> ExitCode {
                 Err(e) => return fail(a.json, &PullError::Invalid(e)),
             };
             match Store::open(&a.store).and_then(|s| s.remove_ref(&canonical)) {
-                Ok(true) => ExitCode::SUCCESS,
+                Ok(true) => {
+                    emit(
+                        a.json,
+                        json!({"event": "removed", "reference": canonical}),
+                        || format!("removed {canonical}"),
+                    );
+                    ExitCode::SUCCESS
+                }
                 Ok(false) => fail(
                     a.json,
                     &PullError::NotFound(format!("{canonical} is not in the store")),

@@ -1,7 +1,8 @@
 //! What each request does: the config ([`config`]), the services ([`services`]), the logs
-//! ([`logs`]), the machine ([`system`]).
+//! ([`logs`]), the machine ([`system`]), the images ([`images`]).
 
 pub mod config;
+pub mod images;
 pub mod logs;
 pub mod services;
 pub mod system;

@@ -110,7 +110,7 @@ pub struct Msg {
 }
 
 /// Unpacks the puller into /run once.
-fn puller() -> Result<PathBuf, String> {
+pub fn puller() -> Result<PathBuf, String> {
     let out = Path::new(PULLER);
     if out.is_file() {
         return Ok(out.to_path_buf());
@@ -139,23 +139,38 @@ fn puller() -> Result<PathBuf, String> {
     Ok(out.to_path_buf())
 }
 
-/// Starts `ros-pull` for `image` on a blocking thread; its lines and its end come on `tx`.
+/// Starts `ros-pull` for `image`; its lines and its end come on `tx`.
 pub fn start(image: String, policy: String, store: PathBuf, tx: mpsc::UnboundedSender<Msg>) {
-    tokio::task::spawn_blocking(move || {
-        let send = |line: Option<String>| {
+    let mut lines = run(
+        store,
+        vec!["--policy".into(), policy, "pull".into(), image.clone()],
+    );
+    tokio::spawn(async move {
+        while let Some(l) = lines.recv().await {
             let _ = tx.send(Msg {
                 image: image.clone(),
-                line,
+                line: Some(l),
             });
-        };
-        let run = || -> Result<(), String> {
+        }
+        let _ = tx.send(Msg { image, line: None });
+    });
+}
+
+/// Runs `ros-pull --store STORE --registries FILE --json ARGS...` on a blocking thread; each
+/// line of its output comes on the receiver, which closes when it ends. A failure to run it
+/// comes as an `error` event like its own.
+pub fn run(store: PathBuf, args: Vec<String>) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::task::spawn_blocking(move || {
+        let go = || -> Result<(), String> {
             let program = puller()?;
             let mut child = std::process::Command::new(&program)
                 .arg("--store")
                 .arg(&store)
                 .arg("--registries")
                 .arg(REGISTRIES)
-                .args(["--policy", &policy, "--json", "pull", &image])
+                .arg("--json")
+                .args(&args)
                 .env_clear()
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
@@ -163,21 +178,18 @@ pub fn start(image: String, policy: String, store: PathBuf, tx: mpsc::UnboundedS
                 .spawn()
                 .map_err(|e| format!("running {}: {e}", program.display()))?;
             let out = child.stdout.take().ok_or("no stdout")?;
-            for line in std::io::BufReader::new(out).lines() {
-                match line {
-                    Ok(l) => send(Some(l)),
-                    Err(_) => break,
-                }
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
             }
-            // The main loop reaps it (it reaps every child); nothing to wait for here.
             Ok(())
         };
-        if let Err(e) = run() {
-            let line = serde_json::json!({"event": "error", "retry": true, "message": e});
-            send(Some(line.to_string()));
+        if let Err(e) = go() {
+            let _ = tx.send(
+                serde_json::json!({"event": "error", "retry": true, "message": e}).to_string(),
+            );
         }
-        send(None);
     });
+    rx
 }
 
 /// Writes the registry settings for `ros-pull` (0600: they may hold passwords), with each
