@@ -99,7 +99,7 @@ impl Endpoint {
 /// What went wrong, by what can be done about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PullError {
-    /// Unreachable, timed out, or the server failed (5xx, 429): worth retrying later.
+    /// Unreachable, timed out, or the server failed (5xx, 429).
     #[error("{0}")]
     Unavailable(String),
     /// Refused credentials, or none where they are needed.
@@ -119,8 +119,11 @@ pub enum PullError {
 }
 
 impl PullError {
+    /// Worth trying again later: the registry unreachable or failing, or the image not there
+    /// (yet: a service may name an image before it is pushed, as a pod may). Refused
+    /// credentials, bad content and what this machine cannot do are not.
     pub fn retryable(&self) -> bool {
-        matches!(self, PullError::Unavailable(_))
+        matches!(self, PullError::Unavailable(_) | PullError::NotFound(_))
     }
 
     pub fn kind(&self) -> &'static str {

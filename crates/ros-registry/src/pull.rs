@@ -70,7 +70,7 @@ pub fn pull(
     store: &Store,
     r: &Reference,
     platform: &Platform,
-    progress: &mut dyn FnMut(Event),
+    progress: &mut (dyn FnMut(Event) + Send),
 ) -> Result<ImageRecord, PullError> {
     let mut eps = client.endpoints(r)?;
     let (bytes, ct, ep) = client.manifest(&eps, &r.repository, &r.target())?;
@@ -161,81 +161,47 @@ pub fn pull(
         missing: missing.len(),
     });
 
-    for i in missing {
-        let l = &layers[i];
-        let ld = Digest::parse(&l.digest).map_err(invalid)?;
-        let comp =
-            manifest::compression(&l.media_type).map_err(|e| invalid(format!("{what}: {e}")))?;
-        let f = client.blob(&eps, &r.repository, &l.digest)?;
-        let total = l.size;
-        let digest_s = l.digest.clone();
-        let mut report = |done: u64| {
-            progress(Event::Layer {
-                digest: digest_s.clone(),
-                done,
-                total,
-            })
-        };
-        let mut compressed =
-            Verified::new(f.body, &ld.algorithm, Some(l.size)).with_progress(&mut report);
-        let scratch = store.scratch("layer");
-        std::fs::create_dir(&scratch.path)
-            .map_err(|e| PullError::Store(format!("creating {}: {e}", scratch.path.display())))?;
-        let diff_alg = diff_ids[i].algorithm.clone();
-        // The decompressed stream, hashed for the diff_id, into the unpacker; what follows the
-        // archive's end is read too (it counts in the diff_id).
-        let into = |v: &mut dyn Read| -> Result<(), String> {
-            crate::unpack::unpack(v, &scratch.path)?;
-            std::io::copy(v, &mut std::io::sink())
-                .map(drop)
-                .map_err(|e| format!("reading the layer: {e}"))
-        };
-        let unpacked: Result<Digest, String> = match comp {
-            Compression::None => {
-                let mut v = Verified::new(&mut compressed, &diff_alg, None);
-                into(&mut v).map(|()| v.digest())
-            }
-            Compression::Gzip => {
-                let mut v = Verified::new(
-                    flate2::read::GzDecoder::new(&mut compressed),
-                    &diff_alg,
-                    None,
-                );
-                into(&mut v).map(|()| v.digest())
-            }
-            Compression::Zstd => match ruzstd::decoding::StreamingDecoder::new(&mut compressed) {
-                Ok(dec) => {
-                    let mut v = Verified::new(dec, &diff_alg, None);
-                    into(&mut v).map(|()| v.digest())
-                }
-                Err(e) => Err(format!("zstd: {e}")),
-            },
-        };
-        // The blob's own digest and size first, whatever the unpacking said: bytes that are
-        // not what the registry promised explain any failure after them.
-        match (compressed.finish(&ld, Some(l.size)), unpacked) {
-            (Err(e), _) if e.starts_with("reading ") => {
-                return Err(PullError::Unavailable(format!(
-                    "{what}: layer {}: {e}",
-                    l.digest
-                )));
-            }
-            (Err(e), _) => return Err(invalid(format!("{what}: layer {}: {e}", l.digest))),
-            (Ok(()), Err(e)) => return Err(classify(&what, format!("layer {}: {e}", l.digest))),
-            (Ok(()), Ok(diff)) if diff != diff_ids[i] => {
-                return Err(invalid(format!(
-                    "{what}: layer {}: its content is {diff}, the config says {}",
-                    l.digest, diff_ids[i]
-                )));
-            }
-            (Ok(()), Ok(_)) => {}
+    // Up to PARALLEL layers at once (as containerd does by default): one layer's unpacking
+    // overlaps another's download.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: std::sync::Mutex<Option<PullError>> = std::sync::Mutex::new(None);
+    let progress = std::sync::Mutex::new(progress);
+    let report = |e: Event| {
+        if let Ok(mut p) = progress.lock() {
+            p(e);
         }
-        store
-            .commit_layer(scratch, &diff_ids[i])
-            .map_err(PullError::Store)?;
-        progress(Event::LayerDone {
-            digest: l.digest.clone(),
-        });
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL.min(missing.len()) {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= missing.len() || failed.lock().map_or(true, |f| f.is_some()) {
+                        break;
+                    }
+                    let i = missing[k];
+                    let r = layer(
+                        client,
+                        store,
+                        &eps,
+                        r,
+                        &what,
+                        &layers[i],
+                        &diff_ids[i],
+                        &report,
+                    );
+                    if let Err(e) = r {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
     }
 
     // The small blobs, then the record, last.
@@ -280,4 +246,94 @@ fn classify(what: &str, e: String) -> PullError {
     } else {
         PullError::Invalid(format!("{what}: {e}"))
     }
+}
+
+/// How many layers are fetched at once.
+const PARALLEL: usize = 3;
+
+/// Fetches, checks and unpacks one layer into the store.
+#[allow(clippy::too_many_arguments)]
+fn layer(
+    client: &Client,
+    store: &Store,
+    eps: &[crate::client::Endpoint],
+    r: &Reference,
+    what: &str,
+    l: &manifest::Descriptor,
+    diff_id: &Digest,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<(), PullError> {
+    let ld = Digest::parse(&l.digest).map_err(invalid)?;
+    let comp = manifest::compression(&l.media_type).map_err(|e| invalid(format!("{what}: {e}")))?;
+    let f = client.blob(eps, &r.repository, &l.digest)?;
+    let total = l.size;
+    let digest_s = l.digest.clone();
+    let mut bytes = |done: u64| {
+        report(Event::Layer {
+            digest: digest_s.clone(),
+            done,
+            total,
+        })
+    };
+    let mut compressed =
+        Verified::new(f.body, &ld.algorithm, Some(l.size)).with_progress(&mut bytes);
+    let scratch = store.scratch("layer");
+    std::fs::create_dir(&scratch.path)
+        .map_err(|e| PullError::Store(format!("creating {}: {e}", scratch.path.display())))?;
+    let diff_alg = diff_id.algorithm.clone();
+    // The decompressed stream, hashed for the diff_id, into the unpacker; what follows the
+    // archive's end is read too (it counts in the diff_id).
+    let into = |v: &mut dyn Read| -> Result<(), String> {
+        crate::unpack::unpack(v, &scratch.path)?;
+        std::io::copy(v, &mut std::io::sink())
+            .map(drop)
+            .map_err(|e| format!("reading the layer: {e}"))
+    };
+    let unpacked: Result<Digest, String> = match comp {
+        Compression::None => {
+            let mut v = Verified::new(&mut compressed, &diff_alg, None);
+            into(&mut v).map(|()| v.digest())
+        }
+        Compression::Gzip => {
+            let mut v = Verified::new(
+                flate2::read::GzDecoder::new(&mut compressed),
+                &diff_alg,
+                None,
+            );
+            into(&mut v).map(|()| v.digest())
+        }
+        Compression::Zstd => match ruzstd::decoding::StreamingDecoder::new(&mut compressed) {
+            Ok(dec) => {
+                let mut v = Verified::new(dec, &diff_alg, None);
+                into(&mut v).map(|()| v.digest())
+            }
+            Err(e) => Err(format!("zstd: {e}")),
+        },
+    };
+    // The blob's own digest and size first, whatever the unpacking said: bytes that are
+    // not what the registry promised explain any failure after them.
+    match (compressed.finish(&ld, Some(l.size)), unpacked) {
+        (Err(e), _) if e.starts_with("reading ") => {
+            return Err(PullError::Unavailable(format!(
+                "{what}: layer {}: {e}",
+                l.digest
+            )));
+        }
+        (Err(e), _) => return Err(invalid(format!("{what}: layer {}: {e}", l.digest))),
+        (Ok(()), Err(e)) => return Err(classify(what, format!("layer {}: {e}", l.digest))),
+        (Ok(()), Ok(diff)) if diff != *diff_id => {
+            return Err(invalid(format!(
+                "{what}: layer {}: its content is {diff}, the config says {}",
+                l.digest, *diff_id
+            )));
+        }
+        (Ok(()), Ok(_)) => {}
+    }
+    store
+        .commit_layer(scratch, diff_id)
+        .map_err(PullError::Store)?;
+    report(Event::LayerDone {
+        digest: l.digest.clone(),
+    });
+    Ok(())
 }

@@ -82,6 +82,18 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// This process's peak resident memory (VmHWM), in KiB.
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn emit(json: bool, v: serde_json::Value, human: impl FnOnce() -> String) {
     let mut out = std::io::stdout().lock();
     let _ = if json {
@@ -185,10 +197,16 @@ fn run_pull(a: &Args, reference: &str) -> ExitCode {
     };
     match pull::pull(&client, &store, &r, &a.platform, &mut progress) {
         Ok(rec) => {
+            let peak = peak_kib();
             emit(
                 a.json,
-                json!({"event": "done", "image": rec, "pulled": true}),
-                || format!("{canonical}: pulled {}", rec.manifest),
+                json!({"event": "done", "image": rec, "pulled": true, "peak_rss_kib": peak}),
+                || {
+                    format!(
+                        "{canonical}: pulled {} (peak memory {peak} KiB)",
+                        rec.manifest
+                    )
+                },
             );
             ExitCode::SUCCESS
         }

@@ -1,4 +1,4 @@
-//! `ros-bench`: the benchmarks (`runtime`, `boot`, `peer`, `services`, `storage`, `config`, `flood`;
+//! `ros-bench`: the benchmarks (`runtime`, `boot`, `peer`, `services`, `storage`, `config`, `flood`, `pull`;
 //! see BENCHMARKS.md).
 //! `boot --arch A [--runs N]`: the boot benchmark. Boots the same kernel, on the same
 //! QEMU machine, with ros's init and with a null init that powers off at once, interleaved, and
@@ -12,6 +12,7 @@
 mod config;
 mod flood;
 mod peer;
+mod pull;
 mod runtime;
 mod services;
 
@@ -85,6 +86,16 @@ enum Cli {
         runs: usize,
         #[arg(long, default_value_t = 12)]
         seconds: u64,
+    },
+    /// Pulling a multi-layer image from docker-registry on the loopback: ros-pull against
+    /// skopeo on the host, peak memory, and (with --arch) the pull inside a guest.
+    Pull {
+        #[arg(long, value_enum)]
+        arch: Option<Arch>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 72)]
+        mib: usize,
     },
 }
 
@@ -177,6 +188,7 @@ fn main() -> Result<()> {
             runs,
             seconds,
         } => return flood::bench(arch, runs, seconds),
+        Cli::Pull { arch, runs, mib } => return pull::bench(arch, runs, mib),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;

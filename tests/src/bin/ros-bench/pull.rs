@@ -1,0 +1,238 @@
+//! `pull [--arch A] [--runs N] [--mib M]`: pulling a multi-layer image (M MiB of layer
+//! content, default 72: about 54 MiB compressed)
+//! from Debian's docker-registry on the loopback: `ros-pull` (host build, release) against
+//! `skopeo copy` of the same image into an OCI layout, alternating, each into a fresh
+//! destination; `ros-pull`'s peak memory (its own VmHWM, which it reports); then, with `--arch`, the
+//! same pull by a guest's service (from the init's "pulling" to its "pulled" log lines).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use ros_image::Arch;
+use ros_tests::registry::{Comp, Layout, Registry, RegistryOptions};
+
+use crate::median;
+
+/// Layers: three of incompressible bytes (a quarter of the size each) and one of text files.
+fn image(dir: &Path, mib: usize, oci_arch: &str) -> Result<Layout> {
+    let mut l = Layout::new(dir)?;
+    let mut layers = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let quarter = mib * (1 << 20) / 4;
+    for i in 0..3 {
+        let mut data = vec![0u8; quarter];
+        for chunk in data.chunks_mut(8) {
+            // xorshift: bytes gzip cannot shrink.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let b = seed.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let name = format!("data/blob{i}");
+        layers.push((
+            Layout::tar(&[("data/", 0o755, b""), (&name, 0o644, &data)])?,
+            Comp::Gzip,
+        ));
+    }
+    let text: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| {
+            (
+                format!("etc/file{i}.conf"),
+                format!("# file {i}\nkey{i} = value {i}\n")
+                    .repeat(quarter / 2000 / 30 + 1)
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let mut entries: Vec<(&str, u32, &[u8])> = vec![("etc/", 0o755, b"")];
+    entries.extend(text.iter().map(|(n, d)| (n.as_str(), 0o644, d.as_slice())));
+    layers.push((Layout::tar(&entries)?, Comp::Gzip));
+    let built = l.image(oci_arch, &layers)?;
+    l.tag_image("1", &built, oci_arch)?;
+    Ok(l)
+}
+
+fn ros_pull() -> Result<std::path::PathBuf> {
+    let root = ros_image::workspace_root();
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "ros-registry",
+            "--bin",
+            "ros-pull",
+        ])
+        .status()?;
+    ensure!(st.success(), "building ros-pull");
+    Ok(root.join("target/release/ros-pull"))
+}
+
+/// Runs `cmd`; (seconds, its stdout). (Not the child's ru_maxrss for memory: a child of a
+/// big process starts with the parent's high-water mark; `ros-pull` reports its own VmHWM.)
+fn timed(cmd: &mut Command) -> Result<(f64, String)> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    // The image is for the guest's platform (the host's without --arch); the host's ros-pull
+    // is told that platform.
+    let oci_arch = match arch {
+        Some(Arch::Aarch64) => "arm64",
+        Some(Arch::X86_64) => "amd64",
+        None if cfg!(target_arch = "aarch64") => "arm64",
+        None => "amd64",
+    };
+    let layout = image(&t.path().join("oci"), mib, oci_arch)?;
+    reg.push(&layout.dir, "1", "big")?;
+    let size: u64 = std::fs::read_dir(layout.dir.join("blobs/sha256"))?
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let puller = ros_pull()?;
+    let regs = t.path().join("registries.json");
+    std::fs::write(
+        &regs,
+        serde_json::json!({"mirrors": {reg.host(): {"endpoints": [format!("http://{}", reg.host())]}}}).to_string(),
+    )?;
+    let reference = format!("{}/big:1", reg.host());
+    let mut podman: Vec<f64> = Vec::new();
+    let (mut ros, mut skopeo, mut rss): (Vec<f64>, Vec<f64>, Vec<f64>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let store = t.path().join(format!("store{i}"));
+        let (s, out) = timed(
+            Command::new(&puller)
+                .arg("--store")
+                .arg(&store)
+                .arg("--registries")
+                .arg(&regs)
+                .args(["--platform", &format!("linux/{oci_arch}")])
+                .args(["--json", "pull", &reference]),
+        )?;
+        ros.push(s);
+        let kib = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["peak_rss_kib"].as_f64())
+            .context("ros-pull did not say its peak memory")?;
+        rss.push(kib);
+        std::fs::remove_dir_all(&store)?;
+        let dest = t.path().join(format!("oci{i}"));
+        let (s, _) = timed(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}:1", dest.display())),
+        )?;
+        skopeo.push(s);
+        std::fs::remove_dir_all(&dest)?;
+        // An engine's pull, which unpacks too: podman into a storage of its own.
+        let root = t.path().join(format!("podman{i}"));
+        let (s, _) = timed(
+            Command::new("podman")
+                .arg("--root")
+                .arg(root.join("root"))
+                .arg("--runroot")
+                .arg(root.join("run"))
+                .args([
+                    "--storage-driver",
+                    "overlay",
+                    "pull",
+                    "--quiet",
+                    "--tls-verify=false",
+                ])
+                .args(["--platform", &format!("linux/{oci_arch}")])
+                .arg(&reference),
+        )?;
+        podman.push(s);
+        let _ = Command::new("podman")
+            .arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args(["--storage-driver", "overlay", "system", "reset", "--force"])
+            .output();
+        let _ = std::fs::remove_dir_all(&root);
+        eprintln!(
+            "run {}/{runs}: ros-pull {:.2} s ({:.0} KiB peak), skopeo {:.2} s, podman {:.2} s",
+            i + 1,
+            ros[i],
+            rss[i],
+            skopeo[i],
+            podman[i]
+        );
+    }
+    println!(
+        "pull of a {:.1} MiB image (4 layers, gzip) from docker-registry on the loopback, {runs} runs each, medians:",
+        size as f64 / f64::from(1 << 20)
+    );
+    println!(
+        "  ros-pull (digests checked, layers unpacked)   {:.2} s, peak RSS {:.1} MiB",
+        median(&ros),
+        median(&rss) / 1024.0
+    );
+    println!(
+        "  skopeo copy to an OCI layout (no unpacking)    {:.2} s",
+        median(&skopeo)
+    );
+    println!(
+        "  podman pull (unpacked into overlay storage)   {:.2} s",
+        median(&podman)
+    );
+    println!(
+        "  ros-pull / podman: {:.2}x",
+        median(&ros) / median(&podman)
+    );
+    println!(
+        "  ros-pull / skopeo: {:.2}x",
+        median(&ros) / median(&skopeo)
+    );
+
+    let Some(arch) = arch else {
+        return Ok(());
+    };
+    // In a guest: a service names the image; the init's log lines time the pull.
+    let guest_host = format!("10.0.2.2:{}", reg.port);
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    use std::io::Write;
+    write!(
+        ud,
+        "[registries.mirrors.\"{guest_host}\"]\nendpoints = [\"http://{guest_host}\"]\n[services.big]\nimage = \"{guest_host}/big:1\"\ncommand = [\"/data/none\"]\nrestart = \"no\"\n"
+    )?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.memory_mib = 1024;
+    let g = ros_qemu::Guest::spawn(&cfg)?;
+    g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    let image = format!("{guest_host}/big:1");
+    let start = g.wait_for(&format!("image {image}: pulling"), Duration::from_secs(60))?;
+    let end = g.wait_for(&format!("image {image}: pulled"), Duration::from_secs(900))?;
+    let stamp =
+        |l: &str| -> Option<f64> { l.split_once('[')?.1.split_once(']')?.0.trim().parse().ok() };
+    let (a, b) = (
+        stamp(&start).context("no time")?,
+        stamp(&end).context("no time")?,
+    );
+    println!(
+        "  in a {arch} guest (QEMU TCG, 1 vCPU), one run: {:.2} s from the init's \"pulling\" to \"pulled\"",
+        b - a
+    );
+    Ok(())
+}
