@@ -142,6 +142,21 @@ impl SshKey {
         self.run_as("root", port, cmd, timeout)
     }
 
+    /// Runs `ros ARGS` in the console as root: its exit code and its output (stdout and
+    /// stderr together).
+    pub fn ros(&self, port: u16, args: &str, timeout: Duration) -> Result<(i32, String)> {
+        let out = self.run(port, &format!("ros {args} 2>&1; echo \"exit=$?\""), timeout)?;
+        let (body, last) = out
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", out.trim_end()));
+        let code = last
+            .strip_prefix("exit=")
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no exit code in {out}"))?;
+        Ok((code, body.to_string()))
+    }
+
     /// Copies the local file `from` to `to` in the console (as root, mode 755), over SSH.
     pub fn copy_to(&self, port: u16, from: &std::path::Path, to: &str) -> Result<()> {
         let out = self

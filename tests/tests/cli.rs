@@ -20,16 +20,7 @@ command = ["sh", "-c", "echo web says hello; exec httpd -f -p 8080 -h /tmp"]
 
 /// Runs `ros ARGS` in the console: its exit code and its output (stdout and stderr).
 fn ros(key: &SshKey, port: u16, args: &str) -> Result<(i32, String)> {
-    let out = key.run(port, &format!("ros {args} 2>&1; echo \"exit=$?\""), SSH)?;
-    let (body, last) = out
-        .trim_end()
-        .rsplit_once('\n')
-        .unwrap_or(("", out.trim_end()));
-    let code = last
-        .strip_prefix("exit=")
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no exit code in {out}"))?;
-    Ok((code, body.to_string()))
+    key.ros(port, args, SSH)
 }
 
 /// `ros ARGS` that must succeed; its output.

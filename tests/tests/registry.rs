@@ -64,6 +64,22 @@ fn two_layer_image(
     l.image(arch, &[(base, Comp::Gzip), (top, Comp::None)])
 }
 
+/// A registry serving `two_layer_image` (amd64, with `marker`) as `NAME:1`; and the temporary
+/// folder the test keeps its layout and store in.
+fn served(
+    o: &RegistryOptions,
+    name: &str,
+    marker: &[u8],
+) -> Result<(Registry, tempfile::TempDir, ros_tests::registry::Built)> {
+    let reg = Registry::start(o)?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let img = two_layer_image(&mut l, "amd64", marker)?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", name)?;
+    Ok((reg, t, img))
+}
+
 fn pull_quiet(
     c: &Client,
     s: &Store,
@@ -76,12 +92,7 @@ fn pull_quiet(
 
 #[test]
 fn by_tag_and_by_digest_with_whiteouts_and_shared_layers() -> Result<()> {
-    let reg = Registry::start(&RegistryOptions::default())?;
-    let t = tempfile::tempdir()?;
-    let mut l = Layout::new(&t.path().join("oci"))?;
-    let img = two_layer_image(&mut l, "amd64", b"amd64")?;
-    l.tag_image("1", &img, "amd64")?;
-    reg.push(&l.dir, "1", "hello")?;
+    let (reg, t, img) = served(&RegistryOptions::default(), "hello", b"amd64")?;
 
     let store = Store::open(&t.path().join("store")).s()?;
     let client = Client::new(http(&reg));
@@ -189,16 +200,12 @@ fn an_index_resolves_to_the_machines_platform() -> Result<()> {
 #[test]
 fn tls_with_a_registry_ca_and_htpasswd() -> Result<()> {
     let creds = ("ros".to_string(), "s3cret".to_string());
-    let reg = Registry::start(&RegistryOptions {
+    let opts = RegistryOptions {
         tls: true,
         creds: Some(creds.clone()),
         ..Default::default()
-    })?;
-    let t = tempfile::tempdir()?;
-    let mut l = Layout::new(&t.path().join("oci"))?;
-    let img = two_layer_image(&mut l, "amd64", b"x")?;
-    l.tag_image("1", &img, "amd64")?;
-    reg.push(&l.dir, "1", "private/hello")?;
+    };
+    let (reg, t, img) = served(&opts, "private/hello", b"x")?;
     let store = Store::open(&t.path().join("store")).s()?;
     let r = format!("{}/private/hello:1", reg.host());
     let cfg = |user: Option<&str>, pass: &str, ca: bool| {
@@ -253,12 +260,7 @@ fn tls_with_a_registry_ca_and_htpasswd() -> Result<()> {
 
 #[test]
 fn an_altered_blob_is_refused_and_nothing_is_stored() -> Result<()> {
-    let reg = Registry::start(&RegistryOptions::default())?;
-    let t = tempfile::tempdir()?;
-    let mut l = Layout::new(&t.path().join("oci"))?;
-    let img = two_layer_image(&mut l, "amd64", b"x")?;
-    l.tag_image("1", &img, "amd64")?;
-    reg.push(&l.dir, "1", "hello")?;
+    let (reg, t, img) = served(&RegistryOptions::default(), "hello", b"x")?;
     // Flip a byte of the uncompressed top layer in the registry's storage.
     let f = reg.blob_file(&img.layers[1]);
     let mut bytes = std::fs::read(&f)?;
@@ -291,12 +293,7 @@ fn an_altered_blob_is_refused_and_nothing_is_stored() -> Result<()> {
 
 #[test]
 fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()> {
-    let reg = Registry::start(&RegistryOptions::default())?;
-    let t = tempfile::tempdir()?;
-    let mut l = Layout::new(&t.path().join("oci"))?;
-    let img = two_layer_image(&mut l, "amd64", b"x")?;
-    l.tag_image("1", &img, "amd64")?;
-    reg.push(&l.dir, "1", "hello")?;
+    let (reg, t, img) = served(&RegistryOptions::default(), "hello", b"x")?;
     let refuser = ros_tests::registry::Refuser::start()?;
     let dead = refuser.port;
     let mut cfg = Registries::default();
@@ -419,22 +416,7 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
         .map_err(|e| anyhow::anyhow!("{e}\n{}", g.tail(40)))?;
 
     // The CLI, in the console over SSH.
-    let ros = |args: &str| -> Result<(i32, String)> {
-        let out = key.run(
-            ssh_port,
-            &format!("ros {args} 2>&1; echo \"exit=$?\""),
-            wait,
-        )?;
-        let (body, last) = out
-            .trim_end()
-            .rsplit_once('\n')
-            .unwrap_or(("", out.trim_end()));
-        let code = last
-            .strip_prefix("exit=")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(-1);
-        Ok((code, body.to_string()))
-    };
+    let ros = |args: &str| key.ros(ssh_port, args, wait);
     let (code, out) = ros("image list -o json")?;
     anyhow::ensure!(code == 0, "image list: {out}");
     let list: serde_json::Value = serde_json::from_str(out.trim())?;

@@ -254,24 +254,6 @@ pub struct Client {
     user_agent: String,
 }
 
-/// A response being read: its body, and what it said of itself.
-pub struct Fetched {
-    pub body: Box<dyn Read + Send>,
-    pub content_type: Option<String>,
-    pub length: Option<u64>,
-    pub endpoint: Endpoint,
-}
-
-impl std::fmt::Debug for Fetched {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetched")
-            .field("content_type", &self.content_type)
-            .field("length", &self.length)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Client {
     pub fn new(cfg: Registries) -> Client {
         Client {
@@ -578,25 +560,17 @@ impl Client {
     }
 
     /// A blob's body as a stream (checked by the caller as it reads).
-    pub fn blob(&self, eps: &[Endpoint], repo: &str, digest: &str) -> Result<Fetched, PullError> {
+    pub fn blob(
+        &self,
+        eps: &[Endpoint],
+        repo: &str,
+        digest: &str,
+    ) -> Result<Box<dyn Read + Send>, PullError> {
         self.each(eps, |ep| {
             let resp = self.get(ep, repo, &format!("blobs/{digest}"), None)?;
-            let length = resp
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let content_type = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Ok(Fetched {
-                body: Box::new(resp.into_body().into_with_config().limit(u64::MAX).reader()),
-                content_type,
-                length,
-                endpoint: ep.clone(),
-            })
+            let body: Box<dyn Read + Send> =
+                Box::new(resp.into_body().into_with_config().limit(u64::MAX).reader());
+            Ok(body)
         })
     }
 }

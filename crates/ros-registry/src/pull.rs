@@ -122,7 +122,7 @@ pub fn pull(
     }
     let cfg_bytes = {
         let f = client.blob(&eps, &r.repository, &config.digest)?;
-        let mut v = Verified::new(f.body, &cd.algorithm, Some(config.size));
+        let mut v = Verified::new(f, &cd.algorithm, Some(config.size));
         let mut buf = Vec::new();
         v.read_to_end(&mut buf)
             .map_err(|e| PullError::Unavailable(format!("{what}: reading the config: {e}")))?;
@@ -275,8 +275,7 @@ fn layer(
             total,
         })
     };
-    let mut compressed =
-        Verified::new(f.body, &ld.algorithm, Some(l.size)).with_progress(&mut bytes);
+    let mut compressed = Verified::new(f, &ld.algorithm, Some(l.size)).with_progress(&mut bytes);
     let scratch = store.scratch("layer");
     std::fs::create_dir(&scratch.path)
         .map_err(|e| PullError::Store(format!("creating {}: {e}", scratch.path.display())))?;

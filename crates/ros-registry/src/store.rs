@@ -92,10 +92,6 @@ impl Store {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs").join(&d.algorithm).join(&d.hex)
     }
@@ -143,10 +139,6 @@ impl Store {
             return Ok(());
         }
         self.write_atomic(&dest, bytes)
-    }
-
-    pub fn blob(&self, d: &Digest) -> Result<Vec<u8>, String> {
-        std::fs::read(self.blob_path(d)).map_err(ctx(format!("blob {d}")))
     }
 
     /// Moves a fully unpacked layer into place: everything in it reaches the disk first.

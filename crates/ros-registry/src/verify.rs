@@ -80,10 +80,6 @@ impl<'a, R: Read> Verified<'a, R> {
         self
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Reads what is left (a decompressor may stop before its input's end), then checks.
     pub fn finish(mut self, expected: &Digest, size: Option<u64>) -> Result<(), String> {
         io::copy(&mut self, &mut io::sink()).map_err(|e| format!("reading {expected}: {e}"))?;
@@ -106,17 +102,6 @@ impl<'a, R: Read> Verified<'a, R> {
             ));
         }
         Ok(())
-    }
-
-    /// The stream inside, and the digest of what was read.
-    pub fn into_parts(self) -> (R, Digest) {
-        (
-            self.inner,
-            Digest {
-                algorithm: self.algorithm,
-                hex: self.hasher.hex(),
-            },
-        )
     }
 
     /// The digest of what was read (for diff_ids, known only at the end).

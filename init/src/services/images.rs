@@ -27,6 +27,23 @@ pub struct Image {
     pub working_dir: String,
 }
 
+impl Image {
+    /// An image of these layers, run as its config's `config` says.
+    fn new(name: String, layers: Vec<String>, c: layout::Exec) -> Image {
+        Image {
+            name,
+            layers,
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c
+                .working_dir
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
@@ -124,22 +141,16 @@ impl ImageStore {
             let c = config.config.unwrap_or_default();
             images.insert(
                 name.clone(),
-                Image {
-                    name: name.clone(),
-                    layers: config
+                Image::new(
+                    name.clone(),
+                    config
                         .rootfs
                         .diff_ids
                         .iter()
                         .map(|d| d.trim_start_matches("sha256:").to_string())
                         .collect(),
-                    entrypoint: c.entrypoint.unwrap_or_default(),
-                    cmd: c.cmd.unwrap_or_default(),
-                    env: c.env.unwrap_or_default(),
-                    working_dir: c
-                        .working_dir
-                        .filter(|w| !w.is_empty())
-                        .unwrap_or_else(|| "/".into()),
-                },
+                    c,
+                ),
             );
         }
         Ok(ImageStore {
@@ -219,18 +230,11 @@ impl ImageStore {
                 }
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let c = config.config.unwrap_or_default();
-        Ok(Image {
-            name: canonical,
+        Ok(Image::new(
+            canonical,
             layers,
-            entrypoint: c.entrypoint.unwrap_or_default(),
-            cmd: c.cmd.unwrap_or_default(),
-            env: c.env.unwrap_or_default(),
-            working_dir: c
-                .working_dir
-                .filter(|w| !w.is_empty())
-                .unwrap_or_else(|| "/".into()),
-        })
+            config.config.unwrap_or_default(),
+        ))
     }
 
     pub fn names(&self) -> BTreeSet<String> {
