@@ -19,6 +19,8 @@ pub struct Registry {
     /// The CA's PEM when it serves TLS.
     pub ca: Option<String>,
     pub creds: Option<(String, String)>,
+    /// The token service in front of it (`RegistryOptions::token`).
+    pub token: Option<TokenService>,
 }
 
 impl Drop for Registry {
@@ -36,6 +38,9 @@ pub struct RegistryOptions {
     pub port: Option<u16>,
     /// Serve this storage folder (e.g. a registry's `dir/data` from before).
     pub data: Option<PathBuf>,
+    /// With `creds`: the registry's token auth (the `WWW-Authenticate: Bearer realm=...` flow)
+    /// with a [`TokenService`] in front of it, instead of htpasswd.
+    pub token: bool,
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -127,7 +132,16 @@ impl Registry {
             ));
             ca = Some(std::fs::read_to_string(ca_pem)?);
         }
-        if let Some((u, pw)) = &o.creds {
+        let mut token = None;
+        if let (true, Some(creds)) = (o.token, &o.creds) {
+            let t = TokenService::start(creds.clone())?;
+            cfg.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {TOKEN_AUDIENCE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                t.realm(),
+                t.cert.display()
+            ));
+            token = Some(t);
+        } else if let Some((u, pw)) = &o.creds {
             let file = dir.path().join("htpasswd");
             run(Command::new("htpasswd")
                 .args(["-Bbc"])
@@ -155,6 +169,7 @@ impl Registry {
             dir,
             ca,
             creds: o.creds.clone(),
+            token,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -205,10 +220,207 @@ impl Registry {
     }
 }
 
+const TOKEN_ISSUER: &str = "ros-test-issuer";
+const TOKEN_AUDIENCE: &str = "ros-test-registry";
+
+/// A token service as distribution's token auth expects one: `GET /token?scope=...&service=...`
+/// with HTTP basic credentials answers `{"token": JWT}`, the JWT signed RS256 by a key whose
+/// certificate the registry trusts (`rootcertbundle`), carried in the `x5c` header. Right
+/// credentials get the actions the scopes ask for; no credentials get a token granting nothing;
+/// wrong ones get 401. Every request is counted. Stopped when dropped.
+#[derive(Debug)]
+pub struct TokenService {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl TokenService {
+    pub fn start(creds: (String, String)) -> Result<TokenService> {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir()?;
+        let (key, cert) = (dir.path().join("token.key"), dir.path().join("token.pem"));
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=ros test token issuer", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert))?;
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()?;
+        ensure!(der.status.success(), "openssl x509 -outform DER failed");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        l.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = c.set_nonblocking(false);
+                        let _ = Self::answer(c, &creds, &key, &x5c);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(TokenService {
+            port,
+            _dir: dir,
+            cert,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    fn answer(
+        mut c: std::net::TcpStream,
+        creds: &(String, String),
+        key: &Path,
+        x5c: &str,
+    ) -> Result<()> {
+        use base64::Engine as _;
+        use std::io::{BufRead, BufReader};
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut r = BufReader::new(c.try_clone()?);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let target = line.split(' ').nth(1).unwrap_or("").to_string();
+        let mut auth = None;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("authorization")
+            {
+                auth = Some(v.trim().to_string());
+            }
+        }
+        let mut reply = |status: &str, body: &str| {
+            write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let user = match auth.as_deref().and_then(|a| a.strip_prefix("Basic ")) {
+            None => None,
+            Some(b) => {
+                let given = base64::engine::general_purpose::STANDARD.decode(b.trim())?;
+                if given != format!("{}:{}", creds.0, creds.1).as_bytes() {
+                    reply("401 Unauthorized", r#"{"details":"wrong credentials"}"#)?;
+                    return Ok(());
+                }
+                Some(creds.0.clone())
+            }
+        };
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let mut access = Vec::new();
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            let v = percent_decode(v);
+            if k != "scope" || user.is_none() {
+                continue;
+            }
+            // repository:NAME:ACTION[,ACTION]; NAME may hold a colon-free path.
+            let parts: Vec<&str> = v.splitn(3, ':').collect();
+            if let [kind, name, actions] = parts[..] {
+                access.push(serde_json::json!({
+                    "type": kind, "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }));
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE, "sub": user.unwrap_or_default(),
+            "iat": now, "nbf": now - 10, "exp": now + 300, "jti": format!("{now}-{}", std::process::id()),
+            "access": access,
+        });
+        let signing = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header)?),
+            b64(&serde_json::to_vec(&claims)?)
+        );
+        let mut sign = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        sign.stdin
+            .take()
+            .context("openssl's stdin")?
+            .write_all(signing.as_bytes())?;
+        let sig = sign.wait_with_output()?;
+        ensure!(sig.status.success(), "openssl dgst -sign failed");
+        let token = format!("{signing}.{}", b64(&sig.stdout));
+        reply(
+            "200 OK",
+            &serde_json::json!({"token": token, "expires_in": 300}).to_string(),
+        )?;
+        Ok(())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&c, tail)) = rest.split_first() {
+        let hex = tail
+            .get(..2)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                rest = &tail[2..];
+            }
+            _ => {
+                out.push(c);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// How a layer is compressed in a built layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comp {
     Gzip,
+    /// With Debian's `zstd`.
+    Zstd,
     None,
 }
 
@@ -293,6 +505,21 @@ impl Layout {
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     e.write_all(tar)?;
                     (e.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+                }
+                Comp::Zstd => {
+                    let mut z = Command::new("zstd")
+                        .args(["-q", "-3", "-c"])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .context("running zstd (Debian's zstd package)")?;
+                    let mut stdin = z.stdin.take().context("zstd's stdin")?;
+                    let input = tar.clone();
+                    let feed = std::thread::spawn(move || stdin.write_all(&input));
+                    let out = z.wait_with_output()?;
+                    feed.join().map_err(|_| anyhow::anyhow!("feeding zstd"))??;
+                    ensure!(out.status.success(), "zstd failed");
+                    (out.stdout, "application/vnd.oci.image.layer.v1.tar+zstd")
                 }
                 Comp::None => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
             };

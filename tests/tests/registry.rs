@@ -259,6 +259,191 @@ fn tls_with_a_registry_ca_and_htpasswd() -> Result<()> {
 }
 
 #[test]
+fn bearer_tokens_from_the_registrys_token_service() -> Result<()> {
+    let creds = ("ros".to_string(), "t0ken-pass".to_string());
+    let opts = RegistryOptions {
+        creds: Some(creds.clone()),
+        token: true,
+        ..Default::default()
+    };
+    let (reg, t, img) = served(&opts, "team/hello", b"bearer")?;
+    let store = Store::open(&t.path().join("store")).s()?;
+    let r = format!("{}/team/hello:1", reg.host());
+    let cfg = |user: Option<&str>, pass: &str| {
+        let mut c = http(&reg);
+        c.configs.insert(
+            reg.host(),
+            HostConfig {
+                username: user.map(Into::into),
+                password: user.map(|_| pass.to_string()),
+                ..Default::default()
+            },
+        );
+        c
+    };
+    let service = reg.token.as_ref().expect("a token service");
+    let asked = |n: usize| n < service.requests.load(std::sync::atomic::Ordering::Relaxed);
+
+    let before = service.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let rec = pull_quiet(
+        &Client::new(cfg(Some("ros"), "t0ken-pass")),
+        &store,
+        &r,
+        "amd64",
+    )?;
+    assert_eq!(rec.manifest, img.manifest);
+    assert!(asked(before), "the pull went through the token service");
+    let base = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[0]).s()?);
+    assert_eq!(std::fs::read(base.join("etc/arch"))?, b"bearer");
+
+    let e = pull_quiet(&Client::new(cfg(Some("ros"), "wrong")), &store, &r, "amd64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::Auth(m) if m.contains("token service") && m.contains("refused the credentials") && m.contains(&reg.host())),
+        "{e}"
+    );
+    // Anonymous: the service hands out a token that grants nothing, and the registry says no.
+    let e = pull_quiet(&Client::new(cfg(None, "")), &store, &r, "amd64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::Auth(m) if m.contains("anonymous pull was refused")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn zstd_layers_are_unpacked() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let big: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let base = Layout::tar(&[
+        ("usr/", 0o755, b""),
+        ("usr/data", 0o644, &big),
+        ("usr/zst", 0o644, b"zstd layer"),
+    ])?;
+    let top = Layout::tar(&[("usr/", 0o755, b""), ("usr/.wh.zst", 0o644, b"")])?;
+    let img = l.image("amd64", &[(base, Comp::Zstd), (top, Comp::Zstd)])?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "zst")?;
+    let store = Store::open(&t.path().join("store")).s()?;
+    let rec = pull_quiet(
+        &Client::new(http(&reg)),
+        &store,
+        &format!("{}/zst:1", reg.host()),
+        "amd64",
+    )?;
+    assert_eq!(rec.layers, img.diff_ids);
+    let base = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[0]).s()?);
+    assert_eq!(std::fs::read(base.join("usr/data"))?, big);
+    let top = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[1]).s()?);
+    assert!(
+        std::fs::symlink_metadata(top.join("usr/zst"))?
+            .file_type()
+            .is_char_device()
+    );
+    Ok(())
+}
+
+/// Bytes gzip cannot shrink (xorshift).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Result<SmallDisk> {
+        std::fs::create_dir_all(at)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0700").as_str()),
+        )?;
+        Ok(SmallDisk(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) -> Result<()> {
+        nix::mount::mount(
+            None::<&str>,
+            &self.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(format!("size={size}").as_str()),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_store_stays_consistent() -> Result<()> {
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let small = Layout::tar(&[("etc/", 0o755, b""), ("etc/small", 0o644, b"fits")])?;
+    let big = noise(3 << 20, 7);
+    let large = Layout::tar(&[("var/", 0o755, b""), ("var/big", 0o644, &big)])?;
+    let img = l.image("amd64", &[(small, Comp::Gzip), (large, Comp::Gzip)])?;
+    l.tag_image("1", &img, "amd64")?;
+    reg.push(&l.dir, "1", "big")?;
+
+    let disk = SmallDisk::mount(&t.path().join("disk"), "2m")?;
+    let root = t.path().join("disk/store");
+    let r = format!("{}/big:1", reg.host());
+    let client = Client::new(http(&reg));
+    let store = Store::open(&root).s()?;
+    let e = pull_quiet(&client, &store, &r, "amd64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::Store(m) if m.contains("No space left on device")
+            && m.contains(&root.display().to_string()) && m.contains("var/big")),
+        "{e}"
+    );
+    let layers: Vec<ros_registry::Digest> = img
+        .diff_ids
+        .iter()
+        .map(|d| ros_registry::Digest::parse(d))
+        .collect::<Result<_, _>>()
+        .s()?;
+    assert!(store.refs().is_empty(), "no image is recorded");
+    assert!(!store.has_layer(&layers[1]), "no half layer is visible");
+    drop(store);
+    // Opened again (as after a reboot), the scratch space is emptied and the room given back.
+    let store = Store::open(&root).s()?;
+    assert_eq!(std::fs::read_dir(root.join("tmp"))?.count(), 0);
+    let free = nix::sys::statvfs::statvfs(&root)?;
+    assert!(
+        free.blocks_available() * free.fragment_size() > 1 << 20,
+        "the partial layer's space is freed"
+    );
+    // With room, the same store completes the pull.
+    disk.resize("16m")?;
+    let rec = pull_quiet(&client, &store, &r, "amd64")?;
+    assert_eq!(rec.layers, img.diff_ids);
+    assert_eq!(
+        std::fs::read(store.layer_path(&layers[1]).join("var/big"))?,
+        big
+    );
+    Ok(())
+}
+
+#[test]
 fn an_altered_blob_is_refused_and_nothing_is_stored() -> Result<()> {
     let (reg, t, img) = served(&RegistryOptions::default(), "hello", b"x")?;
     // Flip a byte of the uncompressed top layer in the registry's storage.

@@ -384,8 +384,13 @@ impl Client {
             let header = self.answer(ep, repo, &challenge)?;
             resp = send(Some(&header))?;
             if resp.status().as_u16() == 401 {
+                let what = if self.host_config(&ep.host).credentials().is_some() {
+                    "the credentials were refused (401); check"
+                } else {
+                    "an anonymous pull was refused (401); set a username and password in"
+                };
                 return Err(PullError::Auth(format!(
-                    "{}: the credentials were refused (401); check registries.configs.\"{}\"",
+                    "{}: {what} registries.configs.\"{}\"",
                     ep.host, ep.host
                 )));
             }
