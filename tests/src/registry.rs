@@ -651,3 +651,88 @@ impl Drop for Refuser {
         self.stop_now();
     }
 }
+
+/// A TCP relay on the loopback in front of a server, counting the bytes it passes back and
+/// holding them to `rate` bytes a second (0: no limit; changed at any time): a pull through it
+/// is slow enough to be cut at a known point. Stopped when dropped (open relays end with their
+/// connections).
+#[derive(Debug)]
+pub struct Relay {
+    pub port: u16,
+    /// Bytes passed from the server to its clients so far.
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(to_port: u16, rate: u64) -> Result<Relay> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let limit = Arc::new(AtomicU64::new(rate));
+        let (s, b, r) = (stop.clone(), bytes.clone(), limit.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to_port)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let (b, r) = (b.clone(), r.clone());
+                let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = vec![0u8; 16 << 10];
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    while let Ok(n) = std::io::Read::read(&mut server, &mut buf) {
+                        if n == 0 || client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        b.fetch_add(n as u64, Ordering::Relaxed);
+                        sent += n as u64;
+                        let rate = r.load(Ordering::Relaxed);
+                        if rate > 0 {
+                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Ok(Relay {
+            port,
+            bytes,
+            rate: limit,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

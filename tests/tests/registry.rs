@@ -567,6 +567,10 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
         .cloned()
         .unwrap_or_default();
     assert_eq!(hello["state"], "pulling", "{hello}");
+    g.wait_for(
+        "images: no state disk; pulled images are kept in memory (at most",
+        Duration::from_secs(10),
+    )?;
     g.wait_for(&format!("image {image}: "), Duration::from_secs(60))?;
     g.wait_for("(retrying)", Duration::from_secs(60))?;
 
@@ -642,10 +646,171 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
     Ok(())
 }
 
+/// An error with the guest's last console lines.
+fn explain(g: &ros_qemu::Guest) -> impl Fn(anyhow::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("{e}\n{}", g.tail(40))
+}
+
+/// The service named `name` in a ready line.
+fn ready_service(ready: &serde_json::Value, name: &str) -> serde_json::Value {
+    ready["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A guest with a state disk is powered off hard in the middle of a pull (the registry is
+/// reached through a relay that holds it to 1 MiB/s a connection, so the cut lands inside the
+/// large layer); the next boot finds no half image (the service is still `pulling`), the pull
+/// completes and the service runs. A third boot starts it from the store without a pull, while
+/// a service with `pull = "always"` pulls again and one with `pull = "never"` naming an image
+/// the store lacks says so.
+fn guest_power_cut_mid_pull(arch: ros_tests::Arch) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let reg = Registry::start(&RegistryOptions::default())?;
+    let relay = ros_tests::registry::Relay::start(reg.port, 1 << 20)?;
+    let t = tempfile::tempdir()?;
+    let mut l = Layout::new(&t.path().join("oci"))?;
+    let bb = std::fs::read(ros_tests::image(arch)?.join("staging/busybox/bin/busybox"))?;
+    let base = Layout::tar(&[("bin/", 0o755, b""), ("bin/busybox", 0o755, &bb)])?;
+    let big = Layout::tar(&[
+        ("var/", 0o755, b""),
+        ("var/big", 0o644, &noise(24 << 20, 3)),
+    ])?;
+    let top = Layout::tar(&[("marker", 0o644, b"whole")])?;
+    let oci = match arch {
+        ros_tests::Arch::X86_64 => "amd64",
+        ros_tests::Arch::Aarch64 => "arm64",
+    };
+    let img = l.image(
+        oci,
+        &[(base, Comp::Gzip), (big, Comp::Gzip), (top, Comp::Gzip)],
+    )?;
+    l.tag_image("1", &img, oci)?;
+    reg.push(&l.dir, "1", "hello")?;
+    reg.push(&l.dir, "1", "fresh")?;
+
+    let host = format!("10.0.2.2:{}", relay.port);
+    let (hello, fresh) = (format!("{host}/hello:1"), format!("{host}/fresh:1"));
+    let key = ros_tests::SshKey::new()?;
+    let ssh_port = ros_tests::free_port()?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    use std::io::Write;
+    write!(
+        ud,
+        r#"
+ssh_authorized_keys = ["{pubkey}"]
+
+[registries.mirrors."{host}"]
+endpoints = ["http://{host}"]
+
+[services.hello]
+image = "{hello}"
+command = ["/bin/busybox", "sleep", "3600"]
+health = {{ exec = ["/bin/busybox", "grep", "-q", "whole", "/marker"], interval = "1s" }}
+
+[services.fresh]
+image = "{fresh}"
+pull = "always"
+command = ["/bin/busybox", "sleep", "3600"]
+
+[services.never]
+image = "{host}/absent:1"
+pull = "never"
+command = ["/bin/busybox", "sleep", "3600"]
+"#,
+        pubkey = key.public,
+    )?;
+    let state = t.path().join("state.img");
+    std::fs::File::create(&state)?.set_len(256 << 20)?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(ssh_port, 22)];
+    cfg.disks = vec![state];
+    let wait = Duration::from_secs(180);
+
+    // Boot 1: cut once 8 MiB have come through, well inside the 24 MiB layer.
+    let mut g = ros_qemu::Guest::spawn(&cfg)?;
+    g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    g.wait_for(&format!("image {hello}: pulling"), wait)
+        .map_err(explain(&g))?;
+    let deadline = std::time::Instant::now() + wait;
+    while relay.bytes.load(Ordering::Relaxed) < 8 << 20 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the pull did not get going: {} bytes\n{}",
+            relay.bytes.load(Ordering::Relaxed),
+            g.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::ensure!(
+        !g.console().contains(&format!("image {hello}: pulled")),
+        "the pull ended before the cut"
+    );
+    g.kill();
+    drop(g);
+
+    // Boot 2: no half image; the pull completes.
+    relay.rate.store(0, Ordering::Relaxed);
+    let g = ros_qemu::Guest::spawn(&cfg)?;
+    let ready = g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    assert_eq!(
+        ready_service(&ready, "hello")["state"],
+        "pulling",
+        "{ready}"
+    );
+    let never = ready_service(&ready, "never").to_string();
+    assert!(
+        never.contains("is not in the store") && never.contains("pull = \\\"never\\\""),
+        "{never}"
+    );
+    g.wait_for(&format!("image {hello}: pulled"), wait)
+        .map_err(explain(&g))?;
+    g.wait_for("service hello is healthy", wait)
+        .map_err(explain(&g))?;
+    g.wait_for(&format!("image {fresh}: pulled"), wait)
+        .map_err(explain(&g))?;
+    let (code, out) = key.ros(ssh_port, "image list -o json", wait)?;
+    anyhow::ensure!(code == 0, "image list: {out}");
+    let list: serde_json::Value = serde_json::from_str(out.trim())?;
+    for r in [&hello, &fresh] {
+        assert!(
+            list.as_array().is_some_and(|l| l
+                .iter()
+                .any(|i| i["reference"] == r.as_str() && i["manifest"] == img.manifest.as_str())),
+            "{r}: {list:#}"
+        );
+    }
+    let mut g = g;
+    g.kill();
+    drop(g);
+
+    // Boot 3: `hello` from the store, `fresh` pulled again.
+    let g = ros_qemu::Guest::spawn(&cfg)?;
+    g.wait_ready(ros_tests::READY_TIMEOUT)?;
+    g.wait_for("service hello is healthy", wait)
+        .map_err(explain(&g))?;
+    g.wait_for(&format!("image {fresh}: pulled"), wait)
+        .map_err(explain(&g))?;
+    assert!(
+        !g.console().contains(&format!("image {hello}: pulling")),
+        "an image in the store is not pulled again with pull = if-not-present"
+    );
+    Ok(())
+}
+
 mod x86_64 {
     #[test]
     fn guest_pulls_when_the_registry_comes_up() -> anyhow::Result<()> {
         super::guest_pulls_when_the_registry_comes_up(ros_tests::Arch::X86_64)
+    }
+
+    #[test]
+    fn guest_power_cut_mid_pull() -> anyhow::Result<()> {
+        super::guest_power_cut_mid_pull(ros_tests::Arch::X86_64)
     }
 }
 
@@ -653,5 +818,10 @@ mod aarch64 {
     #[test]
     fn guest_pulls_when_the_registry_comes_up() -> anyhow::Result<()> {
         super::guest_pulls_when_the_registry_comes_up(ros_tests::Arch::Aarch64)
+    }
+
+    #[test]
+    fn guest_power_cut_mid_pull() -> anyhow::Result<()> {
+        super::guest_power_cut_mid_pull(ros_tests::Arch::Aarch64)
     }
 }

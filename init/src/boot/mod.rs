@@ -360,6 +360,18 @@ async fn boot(started: u64) -> ! {
         let t = uptime_ms();
         m.sup =
             crate::services::prepare(&sys, m.loader.as_mut(), state::mounts(&state), &mut errors);
+        if m.sup.is_some() && !state.persistent {
+            match crate::services::images::memory_store(&sys) {
+                Ok(bytes) => log::info!(
+                    "images: no state disk; pulled images are kept in memory (at most {} MiB)",
+                    bytes >> 20
+                ),
+                Err(e) => {
+                    log::error!("images: {e}");
+                    errors.push(format!("images: {e}"));
+                }
+            }
+        }
         log::debug!(
             "services: modules, root switch and image store in {} ms",
             uptime_ms() - t

@@ -15,6 +15,28 @@ pub const STORE: &str = "/usr/lib/ros";
 pub const MOUNTS: &str = "/run/ros/layers";
 /// The store of images pulled from registries (`ros-pull`'s, crates/ros-registry).
 pub const PULLED: &str = "/var/lib/ros/images";
+/// Without a state disk the pulled images live in memory, in a tmpfs of their own capped at
+/// this share of the RAM: a pull too large for it fails with "No space left on device" rather
+/// than taking the memory the services run in.
+pub const MEMORY_STORE_SIZE: &str = "25%";
+
+/// Mounts the capped tmpfs for pulled images (no state disk); returns its size in bytes.
+pub fn memory_store(sys: &dyn crate::platform::sys::Sys) -> Result<u64, String> {
+    let dir = Path::new(PULLED);
+    sys.mkdir_all(dir, 0o700)
+        .map_err(|e| format!("creating {PULLED}: {e}"))?;
+    sys.mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MsFlags::empty(),
+        Some(&format!("size={MEMORY_STORE_SIZE},mode=0700")),
+    )
+    .map_err(|e| format!("mounting a tmpfs on {PULLED}: {e}"))?;
+    Ok(nix::sys::statvfs::statvfs(dir)
+        .map(|v| v.blocks() * v.fragment_size())
+        .unwrap_or(0))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -389,6 +411,22 @@ pub fn mount_erofs(file: &Path, target: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_memory_store_is_a_capped_tmpfs_and_a_failure_names_it() {
+        let sys = crate::platform::sys::Recorder::default();
+        let _ = memory_store(&sys);
+        assert!(
+            sys.calls()
+                .iter()
+                .any(|c| c.contains("tmpfs") && c.contains(PULLED) && c.contains("size=25%")),
+            "{:?}",
+            sys.calls()
+        );
+        let sys = crate::platform::sys::Recorder::failing(&["mount tmpfs"]);
+        let e = memory_store(&sys).expect_err("fails");
+        assert!(e.contains("mounting a tmpfs on /var/lib/ros/images"), "{e}");
+    }
+
     use super::*;
 
     #[test]
