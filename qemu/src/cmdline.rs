@@ -111,7 +111,13 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
     match cfg.arch {
         // q35: with the older `pc` machine, virtio_pci's probe spends ~170 ms in ACPI
         // interrupt routing under TCG (measured); q35 takes ~20 ms.
-        Arch::X86_64 => a.extend([s("-M"), s("q35")]),
+        // `-cpu max,-erms,-fsrm`: QEMU's default x86 model (qemu64) lacks AES-NI, AVX2, BMI2
+        // and ADX, which rustls's graviola provider needs (ros-pull, the cluster's TLS); `max`
+        // has them. Without ERMS/FSRM the kernel copies with mov loops instead of `rep movsb`,
+        // which TCG runs slowly: plain `max` made the boot to ready ~200 ms later, this is
+        // where qemu64 was (`ros-bench boot`, BENCHMARKS.md). qemu64 plus the flags alone hangs
+        // the kernel at its FPU setup.
+        Arch::X86_64 => a.extend([s("-M"), s("q35"), s("-cpu"), s("max,-erms,-fsrm")]),
         Arch::Aarch64 => a.extend([s("-M"), s("virt"), s("-cpu"), s("max,pauth-impdef=on")]),
     }
     a.extend([
@@ -220,7 +226,7 @@ mod tests {
         cfg.user_data = Some("/ud.toml".into());
         let a = args(&cfg, &sockets(), "stdio").join(" ");
         assert!(
-            a.starts_with("-M q35 -accel tcg -nodefaults -no-reboot"),
+            a.starts_with("-M q35 -cpu max,-erms,-fsrm -accel tcg -nodefaults -no-reboot"),
             "{a}"
         );
         assert!(a.contains("-kernel /img/vmlinuz -initrd /img/initramfs.img"));

@@ -533,6 +533,13 @@ fn guest_pulls_when_the_registry_comes_up(arch: ros_tests::Arch) -> Result<()> {
     let port = refuser.port;
     let host = format!("10.0.2.2:{port}");
     let image = format!("{host}/hello:multi");
+    // A second registry over HTTPS, with a CA of its own and a password.
+    let private = Registry::start(&RegistryOptions {
+        tls: true,
+        creds: Some(("ros".into(), "guest-s3cret".into())),
+        ..Default::default()
+    })?;
+    let private_host = format!("10.0.2.2:{}", private.port);
     let key = ros_tests::SshKey::new()?;
     let ssh_port = ros_tests::free_port()?;
     let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
@@ -545,12 +552,19 @@ ssh_authorized_keys = ["{pubkey}"]
 [registries.mirrors."{host}"]
 endpoints = ["http://{host}"]
 
+[registries.configs."{private_host}"]
+username = "ros"
+password = "guest-s3cret"
+ca = """
+{ca}"""
+
 [services.hello]
 image = "{image}"
 command = ["/bin/busybox", "sh", "-c", "exec /bin/busybox sleep 3600"]
 health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], interval = "1s" }}
 "#,
         pubkey = key.public,
+        ca = private.ca.clone().unwrap_or_default(),
         oci_arch = match arch {
             ros_tests::Arch::X86_64 => "amd64",
             ros_tests::Arch::Aarch64 => "arm64",
@@ -638,6 +652,10 @@ health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], inte
     assert_eq!(code, 0, "{out}");
     let (code, out) = ros("image prune")?;
     assert!(code == 0, "{out}");
+    // HTTPS with the registry's CA and password from the user-data.
+    private.push(&l.dir, "multi", "private/hello")?;
+    let (code, out) = ros(&format!("image pull {private_host}/private/hello:multi"))?;
+    assert!(code == 0 && out.contains(&own.manifest), "{code}: {out}");
     let (code, out) = ros("image pull 10.0.2.2:1/nothing:1")?;
     assert!(code != 0 && out.contains("10.0.2.2:1"), "{code}: {out}");
     // The service still runs from the store (its layers were kept).
