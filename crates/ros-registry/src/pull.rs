@@ -165,6 +165,7 @@ pub fn pull(
     // overlaps another's download.
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed: std::sync::Mutex<Option<PullError>> = std::sync::Mutex::new(None);
+    let unpacked = std::sync::Mutex::new(Vec::new());
     let progress = std::sync::Mutex::new(progress);
     let report = |e: Event| {
         if let Ok(mut p) = progress.lock() {
@@ -190,11 +191,18 @@ pub fn pull(
                         &diff_ids[i],
                         &report,
                     );
-                    if let Err(e) = r {
-                        if let Ok(mut f) = failed.lock() {
-                            f.get_or_insert(e);
+                    match r {
+                        Ok(done) => {
+                            if let Ok(mut u) = unpacked.lock() {
+                                u.push((done, diff_ids[i].clone()));
+                            }
                         }
-                        break;
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
                     }
                 }
             });
@@ -203,6 +211,9 @@ pub fn pull(
     if let Some(e) = failed.into_inner().ok().flatten() {
         return Err(e);
     }
+    store
+        .commit_layers(unpacked.into_inner().unwrap_or_default())
+        .map_err(PullError::Store)?;
 
     // The small blobs, then the record, last.
     store.put_blob(&cd, &cfg_bytes).map_err(PullError::Store)?;
@@ -251,7 +262,7 @@ fn classify(what: &str, e: String) -> PullError {
 /// How many layers are fetched at once.
 const PARALLEL: usize = 3;
 
-/// Fetches, checks and unpacks one layer into the store.
+/// Fetches, checks and unpacks one layer into the store's scratch space; returns it there.
 #[allow(clippy::too_many_arguments)]
 fn layer(
     client: &Client,
@@ -262,7 +273,7 @@ fn layer(
     l: &manifest::Descriptor,
     diff_id: &Digest,
     report: &(dyn Fn(Event) + Sync),
-) -> Result<(), PullError> {
+) -> Result<crate::store::Scratch, PullError> {
     let ld = Digest::parse(&l.digest).map_err(invalid)?;
     let comp = manifest::compression(&l.media_type).map_err(|e| invalid(format!("{what}: {e}")))?;
     let f = client.blob(eps, &r.repository, &l.digest)?;
@@ -328,11 +339,8 @@ fn layer(
         }
         (Ok(()), Ok(_)) => {}
     }
-    store
-        .commit_layer(scratch, diff_id)
-        .map_err(PullError::Store)?;
     report(Event::LayerDone {
         digest: l.digest.clone(),
     });
-    Ok(())
+    Ok(scratch)
 }
