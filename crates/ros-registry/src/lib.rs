@@ -4,6 +4,8 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod confine;
 pub mod manifest;
 #[cfg(feature = "client")]
 pub mod pull;

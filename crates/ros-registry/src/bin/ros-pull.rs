@@ -3,11 +3,16 @@
 //! so the HTTP, TLS and decompression code never runs in PID 1.
 //!
 //! ```text
-//! ros-pull [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] [--policy P] [--json] pull REF
+//! ros-pull [--confine] [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] [--policy P] [--json] pull REF
 //! ros-pull [--store DIR] [--json] list
 //! ros-pull [--store DIR] rm REF
 //! ros-pull [--store DIR] [--keep DIGEST]... prune
 //! ```
+//!
+//! `--confine` (the init always passes it): before anything is fetched or the store is touched,
+//! the process confines itself (`ros_registry::confine`: its own mount namespace where only the
+//! store is writable and the init's runtime state and the machine's state are hidden, and a
+//! capability set cut to what unpacking needs).
 //!
 //! The arguments are read by hand: a few flags for a program the init drives, where clap would
 //! add about half a megabyte to every image.
@@ -23,7 +28,7 @@ use ros_registry::{Client, Reference, Store};
 use serde_json::json;
 
 const DEFAULT_STORE: &str = "/var/lib/ros/images";
-const USAGE: &str = "usage: ros-pull [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] \
+const USAGE: &str = "usage: ros-pull [--confine] [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] \
 [--policy always|if-not-present|never] [--json] [--keep DIGEST]... pull REF | list | rm REF | prune";
 
 struct Args {
@@ -32,6 +37,7 @@ struct Args {
     platform: Platform,
     policy: String,
     json: bool,
+    confine: bool,
     keep: Vec<String>,
     command: Vec<String>,
 }
@@ -43,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         platform: manifest::host_platform(),
         policy: "if-not-present".into(),
         json: false,
+        confine: false,
         keep: Vec::new(),
         command: Vec::new(),
     };
@@ -74,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keep" => a.keep.push(value("--keep")?),
             "--json" => a.json = true,
+            "--confine" => a.confine = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             _ => a.command.push(arg),
@@ -117,20 +125,20 @@ fn fail(json: bool, e: &PullError) -> ExitCode {
     ExitCode::from(if e.retryable() { 75 } else { 1 })
 }
 
-fn run_pull(a: &Args, reference: &str) -> ExitCode {
+fn read_registries(a: &Args) -> Result<Registries, PullError> {
+    match &a.registries {
+        Some(p) => std::fs::read(p)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display())))
+            .map_err(PullError::Invalid),
+        None => Ok(Registries::default()),
+    }
+}
+
+fn run_pull(a: &Args, reference: &str, registries: Registries) -> ExitCode {
     let r = match Reference::parse(reference) {
         Ok(r) => r,
         Err(e) => return fail(a.json, &PullError::Invalid(e)),
-    };
-    let registries: Registries = match &a.registries {
-        Some(p) => match std::fs::read(p)
-            .map_err(|e| format!("{}: {e}", p.display()))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display())))
-        {
-            Ok(r) => r,
-            Err(e) => return fail(a.json, &PullError::Invalid(e)),
-        },
-        None => Registries::default(),
     };
     let store = match Store::open(&a.store) {
         Ok(s) => s,
@@ -226,8 +234,24 @@ fn main() -> ExitCode {
         }
     };
     let words: Vec<&str> = a.command.iter().map(String::as_str).collect();
+    // The settings are read before the confinement hides them (they live under /run).
+    let registries = match words.as_slice() {
+        ["pull", _] => match read_registries(&a) {
+            Ok(r) => r,
+            Err(e) => return fail(a.json, &e),
+        },
+        _ => Registries::default(),
+    };
+    if a.confine {
+        let confined = std::fs::create_dir_all(&a.store)
+            .map_err(|e| format!("{}: {e}", a.store.display()))
+            .and_then(|()| ros_registry::confine::confine(&a.store));
+        if let Err(e) = confined {
+            return fail(a.json, &PullError::Store(e));
+        }
+    }
     match words.as_slice() {
-        ["pull", reference] => run_pull(&a, reference),
+        ["pull", reference] => run_pull(&a, reference, registries),
         ["list"] => match Store::open(&a.store) {
             Ok(s) => {
                 let refs = s.refs();

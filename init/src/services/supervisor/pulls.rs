@@ -156,7 +156,7 @@ pub fn start(image: String, policy: String, store: PathBuf, tx: mpsc::UnboundedS
     });
 }
 
-/// Runs `ros-pull --store STORE --registries FILE --json ARGS...` on a blocking thread; each
+/// Runs `ros-pull --confine --store STORE --registries FILE --json ARGS...` on a blocking thread; each
 /// line of its output comes on the receiver, which closes when it ends. A failure to run it
 /// comes as an `error` event like its own.
 pub fn run(store: PathBuf, args: Vec<String>) -> mpsc::UnboundedReceiver<String> {
@@ -164,7 +164,10 @@ pub fn run(store: PathBuf, args: Vec<String>) -> mpsc::UnboundedReceiver<String>
     tokio::task::spawn_blocking(move || {
         let go = || -> Result<(), String> {
             let program = puller()?;
+            // Confined: what a registry sends is parsed where only the store can be written
+            // (ros_registry::confine).
             let mut child = std::process::Command::new(&program)
+                .arg("--confine")
                 .arg("--store")
                 .arg(&store)
                 .arg("--registries")
