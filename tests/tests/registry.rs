@@ -526,6 +526,34 @@ fn a_failing_mirror_then_the_registry_and_a_registry_that_is_down() -> Result<()
 /// boots: the boot goes on (the service waits, the pull is retried), then the registry comes
 /// up and the service starts from the pulled image. The image is an index of an amd64 and an
 /// arm64 image; the guest runs its own platform's (a health check reads the marker file).
+/// A guest config that logs in with a new key over a forwarded SSH port, reaches `host` (a
+/// registry on the host) over plain HTTP, and has `rest` in its user-data; with the key, the
+/// port and the user-data file (kept while the guest runs).
+fn guest_config(
+    arch: ros_tests::Arch,
+    host: &str,
+    rest: &str,
+) -> Result<(
+    ros_qemu::BootConfig,
+    ros_tests::SshKey,
+    u16,
+    tempfile::NamedTempFile,
+)> {
+    use std::io::Write;
+    let key = ros_tests::SshKey::new()?;
+    let ssh_port = ros_tests::free_port()?;
+    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    write!(
+        ud,
+        "ssh_authorized_keys = [\"{}\"]\n\n[registries.mirrors.\"{host}\"]\nendpoints = [\"http://{host}\"]\n{rest}",
+        key.public
+    )?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(ud.path().to_path_buf());
+    cfg.forwards = vec![(ssh_port, 22)];
+    Ok((cfg, key, ssh_port, ud))
+}
+
 fn guest_pulls_when_the_registry_comes_up(arch: ros_tests::Arch) -> Result<()> {
     use std::time::Duration;
     // The registry's port is held (closing every connection) until the registry starts.
@@ -540,18 +568,11 @@ fn guest_pulls_when_the_registry_comes_up(arch: ros_tests::Arch) -> Result<()> {
         ..Default::default()
     })?;
     let private_host = format!("10.0.2.2:{}", private.port);
-    let key = ros_tests::SshKey::new()?;
-    let ssh_port = ros_tests::free_port()?;
-    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
-    use std::io::Write;
-    write!(
-        ud,
-        r#"
-ssh_authorized_keys = ["{pubkey}"]
-
-[registries.mirrors."{host}"]
-endpoints = ["http://{host}"]
-
+    let (cfg, key, ssh_port, _ud) = guest_config(
+        arch,
+        &host,
+        &format!(
+            r#"
 [registries.configs."{private_host}"]
 username = "ros"
 password = "guest-s3cret"
@@ -563,16 +584,11 @@ image = "{image}"
 command = ["/bin/busybox", "sh", "-c", "exec /bin/busybox sleep 3600"]
 health = {{ exec = ["/bin/busybox", "grep", "-q", "{oci_arch}", "/marker"], interval = "1s" }}
 "#,
-        pubkey = key.public,
-        ca = private.ca.clone().unwrap_or_default(),
-        oci_arch = match arch {
-            ros_tests::Arch::X86_64 => "amd64",
-            ros_tests::Arch::Aarch64 => "arm64",
-        }
+            ca = private.ca.clone().unwrap_or_default(),
+            // Debian's and OCI's names agree for both arches.
+            oci_arch = arch.debian()
+        ),
     )?;
-    let mut cfg = ros_tests::config(arch)?;
-    cfg.user_data = Some(ud.path().to_path_buf());
-    cfg.forwards = vec![(ssh_port, 22)];
     let g = ros_qemu::Guest::spawn(&cfg)?;
     let ready = g.wait_ready(ros_tests::READY_TIMEOUT)?;
     let hello = ready["services"]
@@ -698,10 +714,7 @@ fn guest_power_cut_mid_pull(arch: ros_tests::Arch) -> Result<()> {
         ("var/big", 0o644, &noise(24 << 20, 3)),
     ])?;
     let top = Layout::tar(&[("marker", 0o644, b"whole")])?;
-    let oci = match arch {
-        ros_tests::Arch::X86_64 => "amd64",
-        ros_tests::Arch::Aarch64 => "arm64",
-    };
+    let oci = arch.debian();
     let img = l.image(
         oci,
         &[(base, Comp::Gzip), (big, Comp::Gzip), (top, Comp::Gzip)],
@@ -712,18 +725,11 @@ fn guest_power_cut_mid_pull(arch: ros_tests::Arch) -> Result<()> {
 
     let host = format!("10.0.2.2:{}", relay.port);
     let (hello, fresh) = (format!("{host}/hello:1"), format!("{host}/fresh:1"));
-    let key = ros_tests::SshKey::new()?;
-    let ssh_port = ros_tests::free_port()?;
-    let mut ud = tempfile::Builder::new().suffix(".toml").tempfile()?;
-    use std::io::Write;
-    write!(
-        ud,
-        r#"
-ssh_authorized_keys = ["{pubkey}"]
-
-[registries.mirrors."{host}"]
-endpoints = ["http://{host}"]
-
+    let (mut cfg, key, ssh_port, _ud) = guest_config(
+        arch,
+        &host,
+        &format!(
+            r#"
 [services.hello]
 image = "{hello}"
 command = ["/bin/busybox", "sleep", "3600"]
@@ -738,14 +744,11 @@ command = ["/bin/busybox", "sleep", "3600"]
 image = "{host}/absent:1"
 pull = "never"
 command = ["/bin/busybox", "sleep", "3600"]
-"#,
-        pubkey = key.public,
+"#
+        ),
     )?;
     let state = t.path().join("state.img");
     std::fs::File::create(&state)?.set_len(256 << 20)?;
-    let mut cfg = ros_tests::config(arch)?;
-    cfg.user_data = Some(ud.path().to_path_buf());
-    cfg.forwards = vec![(ssh_port, 22)];
     cfg.disks = vec![state];
     let wait = Duration::from_secs(180);
 

@@ -114,8 +114,7 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
     // The image is for the guest's platform (the host's without --arch); the host's ros-pull
     // is told that platform.
     let oci_arch = match arch {
-        Some(Arch::Aarch64) => "arm64",
-        Some(Arch::X86_64) => "amd64",
+        Some(a) => a.debian(),
         None if cfg!(target_arch = "aarch64") => "arm64",
         None => "amd64",
     };
@@ -139,38 +138,34 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
     let mut podman: Vec<f64> = Vec::new();
     let (mut ros, mut skopeo, mut rss): (Vec<f64>, Vec<f64>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
-        let store = t.path().join(format!("store{i}"));
-        let mem_store = shm.path().join(format!("store{i}"));
-        let (s, _) = timed(
+    // ros-pull into a store, skopeo into a layout: (seconds, ros-pull's output); both removed.
+    let ros_pull_into = |store: &Path| -> Result<(f64, String)> {
+        let r = timed(
             Command::new(&puller)
                 .arg("--store")
-                .arg(&mem_store)
+                .arg(store)
                 .arg("--registries")
                 .arg(&regs)
                 .args(["--platform", &format!("linux/{oci_arch}")])
                 .args(["--json", "pull", &reference]),
         )?;
-        ros_mem.push(s);
-        std::fs::remove_dir_all(&mem_store)?;
-        let mem_dest = shm.path().join(format!("oci{i}"));
+        std::fs::remove_dir_all(store)?;
+        Ok(r)
+    };
+    let skopeo_into = |dest: &Path| -> Result<f64> {
         let (s, _) = timed(
             Command::new("skopeo")
                 .args(["copy", "--quiet", "--src-tls-verify=false"])
                 .arg(format!("docker://{reference}"))
-                .arg(format!("oci:{}:1", mem_dest.display())),
+                .arg(format!("oci:{}:1", dest.display())),
         )?;
-        skopeo_mem.push(s);
-        std::fs::remove_dir_all(&mem_dest)?;
-        let (s, out) = timed(
-            Command::new(&puller)
-                .arg("--store")
-                .arg(&store)
-                .arg("--registries")
-                .arg(&regs)
-                .args(["--platform", &format!("linux/{oci_arch}")])
-                .args(["--json", "pull", &reference]),
-        )?;
+        std::fs::remove_dir_all(dest)?;
+        Ok(s)
+    };
+    for i in 0..runs {
+        ros_mem.push(ros_pull_into(&shm.path().join(format!("store{i}")))?.0);
+        skopeo_mem.push(skopeo_into(&shm.path().join(format!("oci{i}")))?);
+        let (s, out) = ros_pull_into(&t.path().join(format!("store{i}")))?;
         ros.push(s);
         let kib = out
             .lines()
@@ -178,16 +173,7 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
             .find_map(|v| v["peak_rss_kib"].as_f64())
             .context("ros-pull did not say its peak memory")?;
         rss.push(kib);
-        std::fs::remove_dir_all(&store)?;
-        let dest = t.path().join(format!("oci{i}"));
-        let (s, _) = timed(
-            Command::new("skopeo")
-                .args(["copy", "--quiet", "--src-tls-verify=false"])
-                .arg(format!("docker://{reference}"))
-                .arg(format!("oci:{}:1", dest.display())),
-        )?;
-        skopeo.push(s);
-        std::fs::remove_dir_all(&dest)?;
+        skopeo.push(skopeo_into(&t.path().join(format!("oci{i}")))?);
         // An engine's pull, which unpacks too: podman into a storage of its own.
         let root = t.path().join(format!("podman{i}"));
         let (s, _) = timed(
