@@ -4,8 +4,9 @@
 //! blobs/sha256/HEX     manifests, indexes and configs, as they came (verified)
 //! layers/sha256/HEX/   each layer unpacked, named by its diff_id (the uncompressed digest)
 //! refs/HEX.json        one per reference pulled (HEX: the sha256 of the canonical reference)
-//! tmp/                 what a pull is writing; emptied when the store is opened
-//! lock                 held (flock) by whoever writes
+//! tmp/                 what pulls are writing; emptied when the store is opened by no one else
+//! lock                 flock: shared by every open store (pulls of different images run at
+//!                      once), exclusive while `tmp/` is emptied and while `gc` runs
 //! ```
 //!
 //! What a power cut leaves: a blob is written to `tmp/`, synced and renamed into place; a layer
@@ -26,7 +27,7 @@ pub use crate::record::{ImageRecord, ref_file};
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    _lock: nix::fcntl::Flock<File>,
+    lock: nix::fcntl::Flock<File>,
 }
 
 fn ctx(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -76,19 +77,31 @@ impl Store {
             .write(true)
             .open(root.join("lock"))
             .map_err(ctx("opening the store's lock"))?;
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| format!("locking the image store: {e}"))?;
-        let tmp = root.join("tmp");
-        for e in std::fs::read_dir(&tmp)
-            .map_err(ctx("reading tmp/"))?
-            .flatten()
-        {
-            let p = e.path();
-            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-        }
+        use nix::fcntl::{Flock, FlockArg};
+        let locking = |e: nix::errno::Errno| format!("locking the image store: {e}");
+        let lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+            // Alone: what an interrupted pull left in tmp/ goes, then others may come in.
+            Ok(lock) => {
+                let tmp = root.join("tmp");
+                for e in std::fs::read_dir(&tmp)
+                    .map_err(ctx("reading tmp/"))?
+                    .flatten()
+                {
+                    let p = e.path();
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                }
+                lock.relock(FlockArg::LockShared).map_err(locking)?;
+                lock
+            }
+            // Others are pulling: their tmp/ entries are theirs.
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| locking(e))?
+            }
+            Err((_, e)) => return Err(locking(e)),
+        };
         Ok(Store {
             root: root.to_path_buf(),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -162,8 +175,8 @@ impl Store {
             let dest = self.layer_path(&diff_id);
             match std::fs::rename(&scratch.path, &dest) {
                 Ok(()) => scratch.keep = true,
-                // Another pull of the same layer finished first (not while we hold the lock,
-                // but a layer from before a crash may be there): ours is dropped.
+                // Another pull of the same layer (pulls share the store) finished first, or a
+                // layer from before a crash is there: ours is dropped.
                 Err(_) if dest.is_dir() => {}
                 Err(e) => return Err(format!("moving layer {diff_id} into place: {e}")),
             }
@@ -206,8 +219,23 @@ impl Store {
     }
 
     /// Removes every blob and layer no reference names; returns how many of each. `keep`
-    /// names more content to keep (e.g. the layers of containers still running).
+    /// names more content to keep (e.g. the layers of containers still running). Waits until
+    /// no other store is open on the same folder (so never call it with a second one open in
+    /// this process).
     pub fn gc(&self, keep: &[String]) -> Result<(usize, usize), String> {
+        use nix::fcntl::FlockArg;
+        // Alone while it runs: a pull in flight may be about to name what looks unreferenced.
+        self.lock
+            .relock(FlockArg::LockExclusive)
+            .map_err(|e| format!("locking the image store: {e}"))?;
+        let r = self.gc_locked(keep);
+        self.lock
+            .relock(FlockArg::LockShared)
+            .map_err(|e| format!("locking the image store: {e}"))?;
+        r
+    }
+
+    fn gc_locked(&self, keep: &[String]) -> Result<(usize, usize), String> {
         let mut live: std::collections::BTreeSet<String> = keep.iter().cloned().collect();
         for r in self.refs() {
             live.extend([r.manifest, r.config]);
@@ -250,6 +278,23 @@ mod tests {
             size: 3,
             pulled_at: 0,
         }
+    }
+
+    #[test]
+    fn stores_open_at_once_keep_each_others_scratch() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let a = Store::open(t.path()).expect("open");
+        let mut s = a.scratch("layer");
+        std::fs::create_dir(&s.path).expect("scratch");
+        // A second opener does not wait for the first, and leaves its work alone.
+        let b = Store::open(t.path()).expect("open beside");
+        assert!(s.path.is_dir());
+        drop(b);
+        s.keep = true;
+        drop(a);
+        // Opened alone, what an interrupted pull left goes.
+        let _c = Store::open(t.path()).expect("open alone");
+        assert!(!s.path.exists());
     }
 
     #[test]
