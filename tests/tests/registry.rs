@@ -408,6 +408,26 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_consistent() -> Result<()> {
     let root = t.path().join("disk/store");
     let r = format!("{}/big:1", reg.host());
     let client = Client::new(http(&reg));
+    let layers: Vec<ros_registry::Digest> = img
+        .diff_ids
+        .iter()
+        .map(|d| ros_registry::Digest::parse(d))
+        .collect::<Result<_, _>>()
+        .s()?;
+    let blob = ros_registry::Digest::parse(&img.layers[1]).s()?;
+    // Too small for the big layer's blob: the fetch fails, nothing of it is kept.
+    let store = Store::open(&root).s()?;
+    let e = pull_quiet(&client, &store, &r, "amd64").unwrap_err();
+    assert!(
+        matches!(&e, PullError::Store(m) if m.contains("No space left on device")
+            && m.contains(&root.display().to_string()) && m.contains(&img.layers[1])),
+        "{e}"
+    );
+    assert!(store.refs().is_empty(), "no image is recorded");
+    assert!(!store.has_blob(&blob), "no half blob is visible");
+    drop(store);
+    // Room for the blob, not for it unpacked beside it: the unpacking fails, naming the file.
+    disk.resize("5m")?;
     let store = Store::open(&root).s()?;
     let e = pull_quiet(&client, &store, &r, "amd64").unwrap_err();
     assert!(
@@ -415,16 +435,11 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_consistent() -> Result<()> {
             && m.contains(&root.display().to_string()) && m.contains("var/big")),
         "{e}"
     );
-    let layers: Vec<ros_registry::Digest> = img
-        .diff_ids
-        .iter()
-        .map(|d| ros_registry::Digest::parse(d))
-        .collect::<Result<_, _>>()
-        .s()?;
     assert!(store.refs().is_empty(), "no image is recorded");
     assert!(!store.has_layer(&layers[1]), "no half layer is visible");
     drop(store);
-    // Opened again (as after a reboot), the scratch space is emptied and the room given back.
+    // Opened again (as after a reboot), the scratch space is emptied and the room given back;
+    // the fetched blob stays for the next try.
     let store = Store::open(&root).s()?;
     assert_eq!(std::fs::read_dir(root.join("tmp"))?.count(), 0);
     let free = nix::sys::statvfs::statvfs(&root)?;
@@ -432,13 +447,31 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_consistent() -> Result<()> {
         free.blocks_available() * free.fragment_size() > 1 << 20,
         "the partial layer's space is freed"
     );
-    // With room, the same store completes the pull.
+    assert!(store.has_blob(&blob));
+    // With room, the same store completes the pull without fetching the blob again, and the
+    // blob goes once its layer is in place.
     disk.resize("16m")?;
-    let rec = pull_quiet(&client, &store, &r, "amd64")?;
+    let mut fetched = None;
+    let rec = pull(
+        &client,
+        &store,
+        &Reference::parse(&r).s()?,
+        &platform("amd64"),
+        &mut |e| {
+            if let Event::Resolved { missing, .. } = e {
+                fetched = Some(missing);
+            }
+        },
+    )?;
+    assert_eq!(fetched, Some(0), "the blobs were there");
     assert_eq!(rec.layers, img.diff_ids);
     assert_eq!(
         std::fs::read(store.layer_path(&layers[1]).join("var/big"))?,
         big
+    );
+    assert!(
+        !store.has_blob(&blob),
+        "the unpacked layer's blob is removed"
     );
     Ok(())
 }
@@ -468,6 +501,10 @@ fn an_altered_blob_is_refused_and_nothing_is_stored() -> Result<()> {
     assert!(store.refs().is_empty());
     let top = store.layer_path(&ros_registry::Digest::parse(&img.diff_ids[1]).s()?);
     assert!(!top.exists(), "the bad layer is not in the store");
+    assert!(
+        !store.has_blob(&ros_registry::Digest::parse(&img.layers[1]).s()?),
+        "nor its blob"
+    );
     assert_eq!(
         std::fs::read_dir(root.join("tmp"))?.count(),
         0,

@@ -496,7 +496,9 @@ fn progress(line: &str) -> String {
             mib(&v["done"]),
             mib(&v["total"])
         ),
-        Some("layer_done") => format!("layer {}: done", short(&v["digest"])),
+        Some("layer_fetched") => format!("layer {}: fetched", short(&v["digest"])),
+        Some("unpacking") => format!("unpacking {} layers", v["layers"]),
+        Some("layer_done") => format!("layer {}: unpacked", short(&v["digest"])),
         _ => String::new(),
     }
 }

@@ -1,7 +1,8 @@
 //! The image store on disk (the state disk's `images/`, or a tmpfs without one):
 //!
 //! ```text
-//! blobs/sha256/HEX     manifests, indexes and configs, as they came (verified)
+//! blobs/sha256/HEX     manifests, indexes and configs, as they came (verified); layer blobs
+//!                      while their pull unpacks them
 //! layers/sha256/HEX/   each layer unpacked, named by its diff_id (the uncompressed digest)
 //! refs/HEX.json        one per reference pulled (HEX: the sha256 of the canonical reference)
 //! tmp/                 what pulls are writing; emptied when the store is opened by no one else
@@ -9,7 +10,8 @@
 //!                      once), exclusive while `tmp/` is emptied and while `gc` runs
 //! ```
 //!
-//! What a power cut leaves: a blob is written to `tmp/`, synced and renamed into place; a layer
+//! What a power cut leaves: a blob is written to `tmp/`, synced and renamed into place (so a
+//! pull cut short while unpacking finds its layer blobs there and fetches nothing again); a layer
 //! is unpacked in `tmp/`, the filesystem synced (`syncfs`), then renamed; a reference is written
 //! last, the same way. So an image is visible only once everything it names is complete; what
 //! an interrupted pull left is in `tmp/` (removed at the next open) or unreferenced (removed by
@@ -53,6 +55,21 @@ impl Drop for Scratch {
             let _ =
                 std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
         }
+    }
+}
+
+/// A blob being written under `tmp/` (removed if dropped before it is committed).
+#[derive(Debug)]
+pub struct BlobWriter {
+    scratch: Scratch,
+    file: File,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, b: &[u8]) -> Result<(), String> {
+        self.file
+            .write_all(b)
+            .map_err(ctx(format!("writing {}", self.scratch.path.display())))
     }
 }
 
@@ -118,6 +135,40 @@ impl Store {
 
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
         self.layer_path(diff_id).is_dir()
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// A file under `tmp/` to stream a blob into, for [`Store::commit_blob`].
+    pub fn blob_writer(&self) -> Result<BlobWriter, String> {
+        let scratch = self.scratch("blob");
+        let file = File::create(&scratch.path)
+            .map_err(ctx(format!("creating {}", scratch.path.display())))?;
+        Ok(BlobWriter { scratch, file })
+    }
+
+    /// Puts a written (and checked) blob in place: synced, renamed, the folder synced.
+    pub fn commit_blob(&self, mut w: BlobWriter, d: &Digest) -> Result<(), String> {
+        w.file
+            .sync_all()
+            .map_err(ctx(format!("writing {}", w.scratch.path.display())))?;
+        let dest = self.blob_path(d);
+        std::fs::rename(&w.scratch.path, &dest)
+            .map_err(ctx(format!("renaming to {}", dest.display())))?;
+        w.scratch.keep = true;
+        fsync_dir(dest.parent().unwrap_or(&self.root))
+    }
+
+    /// Removes a blob (there or not).
+    pub fn remove_blob(&self, d: &Digest) -> Result<(), String> {
+        match std::fs::remove_file(self.blob_path(d)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing blob {d}: {e}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A new scratch path under `tmp/` (not created).

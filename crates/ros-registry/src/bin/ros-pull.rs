@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! ros-pull [--confine] [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] [--policy P] [--json] pull REF
+//! ros-pull [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] [--json] fetch REF
 //! ros-pull [--store DIR] [--json] list
 //! ros-pull [--store DIR] rm REF
 //! ros-pull [--store DIR] [--keep DIGEST]... prune
@@ -29,7 +30,7 @@ use serde_json::json;
 
 const DEFAULT_STORE: &str = "/var/lib/ros/images";
 const USAGE: &str = "usage: ros-pull [--confine] [--store DIR] [--registries FILE] [--platform OS/ARCH[/VARIANT]] \
-[--policy always|if-not-present|never] [--json] [--keep DIGEST]... pull REF | list | rm REF | prune";
+[--policy always|if-not-present|never] [--json] [--keep DIGEST]... pull REF | fetch REF | list | rm REF | prune";
 
 struct Args {
     store: PathBuf,
@@ -135,7 +136,10 @@ fn read_registries(a: &Args) -> Result<Registries, PullError> {
     }
 }
 
-fn run_pull(a: &Args, reference: &str, registries: Registries) -> ExitCode {
+/// `pull` (fetch and unpack, then record), or with `fetch_only` `fetch` (the blobs only).
+fn run_pull(a: &Args, reference: &str, registries: Registries, fetch_only: bool) -> ExitCode {
+    let start = std::time::Instant::now();
+    let unpacking = std::sync::Mutex::new(None);
     let r = match Reference::parse(reference) {
         Ok(r) => r,
         Err(e) => return fail(a.json, &PullError::Invalid(e)),
@@ -146,6 +150,7 @@ fn run_pull(a: &Args, reference: &str, registries: Registries) -> ExitCode {
     };
     let canonical = r.to_string();
     if a.policy != "always"
+        && !fetch_only
         && let Some(rec) = store.get_ref(&canonical)
         && rec
             .layers
@@ -197,22 +202,69 @@ fn run_pull(a: &Args, reference: &str, registries: Registries) -> ExitCode {
                 );
             }
         }
+        Event::LayerFetched { digest } => emit(
+            json,
+            json!({"event": "layer_fetched", "digest": digest}),
+            || format!("  {digest}: fetched"),
+        ),
+        Event::Unpacking { layers } => {
+            *unpacking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
+            emit(
+                json,
+                json!({"event": "unpacking", "layers": layers}),
+                || format!("{canonical}: unpacking {layers} layers"),
+            );
+        }
         Event::LayerDone { digest } => emit(
             json,
             json!({"event": "layer_done", "digest": digest}),
-            || format!("  {digest}: done"),
+            || format!("  {digest}: unpacked"),
         ),
     };
+    if fetch_only {
+        return match pull::fetch(&client, &store, &r, &a.platform, &mut progress) {
+            Ok(manifest) => {
+                let peak = peak_kib();
+                let secs = start.elapsed().as_secs_f64();
+                emit(
+                    a.json,
+                    json!({"event": "fetched", "manifest": manifest, "seconds": secs, "peak_rss_kib": peak}),
+                    || {
+                        format!(
+                            "{canonical}: fetched {manifest} in {secs:.2} s (peak memory {peak} KiB)"
+                        )
+                    },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(a.json, &e),
+        };
+    }
     match pull::pull(&client, &store, &r, &a.platform, &mut progress) {
         Ok(rec) => {
             let peak = peak_kib();
+            // Seconds fetching (from the start) and unpacking (from the last blob on).
+            let end = std::time::Instant::now();
+            let split = unpacking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or(end);
+            let (fetch, unpack) = (
+                split.duration_since(start).as_secs_f64(),
+                end.duration_since(split).as_secs_f64(),
+            );
             emit(
                 a.json,
-                json!({"event": "done", "image": rec, "pulled": true, "peak_rss_kib": peak}),
+                json!({"event": "done", "image": rec, "pulled": true, "peak_rss_kib": peak,
+                       "fetch_seconds": fetch, "unpack_seconds": unpack}),
                 || {
                     format!(
-                        "{canonical}: pulled {} (peak memory {peak} KiB)",
-                        rec.manifest
+                        "{canonical}: pulled {} in {:.2} s ({fetch:.2} s fetching, {unpack:.2} s unpacking; peak memory {peak} KiB)",
+                        rec.manifest,
+                        fetch + unpack
                     )
                 },
             );
@@ -236,7 +288,7 @@ fn main() -> ExitCode {
     let words: Vec<&str> = a.command.iter().map(String::as_str).collect();
     // The settings are read before the confinement hides them (they live under /run).
     let registries = match words.as_slice() {
-        ["pull", _] => match read_registries(&a) {
+        ["pull" | "fetch", _] => match read_registries(&a) {
             Ok(r) => r,
             Err(e) => return fail(a.json, &e),
         },
@@ -251,7 +303,8 @@ fn main() -> ExitCode {
         }
     }
     match words.as_slice() {
-        ["pull", reference] => run_pull(&a, reference, registries),
+        ["pull", reference] => run_pull(&a, reference, registries, false),
+        ["fetch", reference] => run_pull(&a, reference, registries, true),
         ["list"] => match Store::open(&a.store) {
             Ok(s) => {
                 let refs = s.refs();

@@ -67,6 +67,9 @@ impl Job {
                     v["total"]
                 );
             }
+            Some("unpacking") => {
+                self.status = format!("pulling: unpacking {} layers", v["layers"]);
+            }
             Some("done") => {
                 self.status = "pulled".into();
                 self.outcome = Some(Ok(()));
@@ -258,6 +261,8 @@ mod tests {
         j.running = true;
         j.line(r#"{"event":"resolved","manifest":"sha256:x","layers":2,"size":10,"missing":1}"#);
         assert!(j.status.contains("2 layers (1 to fetch)"), "{}", j.status);
+        j.line(r#"{"event":"unpacking","layers":1}"#);
+        assert_eq!(j.status, "pulling: unpacking 1 layers");
         j.line(
             r#"{"event":"error","kind":"unavailable","retry":true,"message":"connection refused"}"#,
         );

@@ -1,9 +1,11 @@
 //! `pull [--arch A] [--runs N] [--mib M]`: pulling a multi-layer image (M MiB of layer
-//! content, default 72: about 54 MiB compressed)
-//! from Debian's docker-registry on the loopback: `ros-pull` (host build, release) against
-//! `skopeo copy` of the same image into an OCI layout, alternating, each into a fresh
-//! destination; `ros-pull`'s peak memory (its own VmHWM, which it reports); then, with `--arch`, the
-//! same pull by a guest's service (from the init's "pulling" to its "pulled" log lines).
+//! content, default 72: about 54 MiB compressed) from Debian's docker-registry on the
+//! loopback, each tool into a fresh destination, alternating: `ros-pull fetch` (host build,
+//! release: the blobs checked and stored, what a pull does before it unpacks) against `skopeo
+//! copy` of the same image into an OCI layout; `ros-pull pull` (fetched, then unpacked)
+//! against `podman pull`, with `ros-pull`'s peak memory (its own VmHWM, which it reports);
+//! then, with `--arch`, the same pull by a guest's service (from the init's "pulling" to its
+//! "pulled" log lines).
 
 use std::path::Path;
 use std::process::Command;
@@ -73,8 +75,20 @@ fn ros_pull() -> Result<std::path::PathBuf> {
     Ok(root.join("target/release/ros-pull"))
 }
 
-/// Runs `cmd`; (seconds, its stdout). (Not the child's ru_maxrss for memory: a child of a
-/// big process starts with the parent's high-water mark; `ros-pull` reports its own VmHWM.)
+/// Each run's figures, in seconds (`rss` in KiB).
+#[derive(Default)]
+struct Figures {
+    fetch: Vec<f64>,
+    fetch_mem: Vec<f64>,
+    skopeo: Vec<f64>,
+    skopeo_mem: Vec<f64>,
+    pull: Vec<f64>,
+    pull_mem: Vec<f64>,
+    unpack: Vec<f64>,
+    rss: Vec<f64>,
+    podman: Vec<f64>,
+}
+
 /// How many small files the image's text layer has.
 const SMALL_FILES: usize = 2000;
 
@@ -92,6 +106,8 @@ fn create_files(dir: &Path) -> Result<f64> {
     Ok(secs)
 }
 
+/// Runs `cmd`; (seconds, its stdout). (Not the child's ru_maxrss for memory: a child of a
+/// big process starts with the parent's high-water mark; `ros-pull` reports its own VmHWM.)
 /// Every tool starts with nothing dirty in the page cache (`sync` first, untimed): a tool
 /// that syncs must not pay for what the one before it left unwritten.
 fn timed(cmd: &mut Command) -> Result<(f64, String)> {
@@ -131,15 +147,12 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
         serde_json::json!({"mirrors": {reg.host(): {"endpoints": [format!("http://{}", reg.host())]}}}).to_string(),
     )?;
     let reference = format!("{}/big:1", reg.host());
-    // The same two clients into a tmpfs (where a guest without a state disk keeps its
-    // images): what the client itself costs, without the disk's file-creation cost.
+    // The same clients into a tmpfs too (where a guest without a state disk keeps its
+    // images): what the client itself costs, without the disk's.
     let shm = tempfile::tempdir_in("/dev/shm")?;
-    let (mut ros_mem, mut skopeo_mem): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    let mut podman: Vec<f64> = Vec::new();
-    let (mut ros, mut skopeo, mut rss): (Vec<f64>, Vec<f64>, Vec<f64>) =
-        (Vec::new(), Vec::new(), Vec::new());
-    // ros-pull into a store, skopeo into a layout: (seconds, ros-pull's output); both removed.
-    let ros_pull_into = |store: &Path| -> Result<(f64, String)> {
+    let mut m = Figures::default();
+    // ros-pull WHAT (fetch or pull) into a store: (seconds, its output); the store removed.
+    let ros_pull_into = |what: &str, store: &Path| -> Result<(f64, String)> {
         let r = timed(
             Command::new(&puller)
                 .arg("--store")
@@ -147,7 +160,7 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
                 .arg("--registries")
                 .arg(&regs)
                 .args(["--platform", &format!("linux/{oci_arch}")])
-                .args(["--json", "pull", &reference]),
+                .args(["--json", what, &reference]),
         )?;
         std::fs::remove_dir_all(store)?;
         Ok(r)
@@ -162,89 +175,98 @@ pub fn bench(arch: Option<Arch>, runs: usize, mib: usize) -> Result<()> {
         std::fs::remove_dir_all(dest)?;
         Ok(s)
     };
-    for i in 0..runs {
-        ros_mem.push(ros_pull_into(&shm.path().join(format!("store{i}")))?.0);
-        skopeo_mem.push(skopeo_into(&shm.path().join(format!("oci{i}")))?);
-        let (s, out) = ros_pull_into(&t.path().join(format!("store{i}")))?;
-        ros.push(s);
-        let kib = out
-            .lines()
+    // A figure from ros-pull's last JSON line.
+    let said = |out: &str, key: &str| -> Result<f64> {
+        out.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|v| v["peak_rss_kib"].as_f64())
-            .context("ros-pull did not say its peak memory")?;
-        rss.push(kib);
-        skopeo.push(skopeo_into(&t.path().join(format!("oci{i}")))?);
+            .find_map(|v| v[key].as_f64())
+            .with_context(|| format!("ros-pull did not say its {key}"))
+    };
+    for i in 0..runs {
+        let (disk, mem) = (t.path(), shm.path());
+        m.fetch_mem
+            .push(ros_pull_into("fetch", &mem.join(format!("store{i}")))?.0);
+        m.skopeo_mem
+            .push(skopeo_into(&mem.join(format!("oci{i}")))?);
+        m.fetch
+            .push(ros_pull_into("fetch", &disk.join(format!("store{i}")))?.0);
+        m.skopeo.push(skopeo_into(&disk.join(format!("oci{i}")))?);
+        m.pull_mem
+            .push(ros_pull_into("pull", &mem.join(format!("store{i}")))?.0);
+        let (s, out) = ros_pull_into("pull", &disk.join(format!("store{i}")))?;
+        m.pull.push(s);
+        m.unpack.push(said(&out, "unpack_seconds")?);
+        m.rss.push(said(&out, "peak_rss_kib")?);
         // An engine's pull, which unpacks too: podman into a storage of its own.
-        let root = t.path().join(format!("podman{i}"));
-        let (s, _) = timed(
-            Command::new("podman")
-                .arg("--root")
+        let root = disk.join(format!("podman{i}"));
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
                 .arg(root.join("root"))
                 .arg("--runroot")
                 .arg(root.join("run"))
-                .args([
-                    "--storage-driver",
-                    "overlay",
-                    "pull",
-                    "--quiet",
-                    "--tls-verify=false",
-                ])
-                .args(["--platform", &format!("linux/{oci_arch}")])
-                .arg(&reference),
-        )?;
-        podman.push(s);
-        let _ = Command::new("podman")
-            .arg("--root")
-            .arg(root.join("root"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .args(["--storage-driver", "overlay", "system", "reset", "--force"])
-            .output();
+                .args(["--storage-driver", "overlay"])
+                .args(args);
+            c
+        };
+        let platform = format!("linux/{oci_arch}");
+        let (s, _) = timed(&mut podman(&[
+            "pull",
+            "--quiet",
+            "--tls-verify=false",
+            "--platform",
+            &platform,
+            &reference,
+        ]))?;
+        m.podman.push(s);
+        let _ = podman(&["system", "reset", "--force"]).output();
         let _ = std::fs::remove_dir_all(&root);
         eprintln!(
-            "run {}/{runs}: ros-pull {:.2} s ({:.0} KiB peak), skopeo {:.2} s, podman {:.2} s",
+            "run {}/{runs}: fetch: ros-pull {:.2} s, skopeo {:.2} s; pull: ros-pull {:.2} s ({:.2} s unpacking, {:.0} KiB peak), podman {:.2} s",
             i + 1,
-            ros[i],
-            rss[i],
-            skopeo[i],
-            podman[i]
+            m.fetch[i],
+            m.skopeo[i],
+            m.pull[i],
+            m.unpack[i],
+            m.rss[i],
+            m.podman[i]
         );
     }
     println!(
-        "pull of a {:.1} MiB image (4 layers, gzip) from docker-registry on the loopback, {runs} runs each, medians:",
+        "pull of a {:.1} MiB image (4 layers, gzip; one of {SMALL_FILES} files) from docker-registry on the loopback, {runs} runs each, medians:",
         size as f64 / f64::from(1 << 20)
+    );
+    let ratio = |a: &[f64], b: &[f64]| median(a) / median(b);
+    println!("  fetching (every blob checked against its digest and stored; no unpacking):");
+    println!(
+        "    to the disk:  ros-pull fetch {:.2} s (each blob synced), skopeo copy to an OCI layout {:.2} s: {:.2}x (goal: no slower)",
+        median(&m.fetch),
+        median(&m.skopeo),
+        ratio(&m.fetch, &m.skopeo)
+    );
+    println!(
+        "    to a tmpfs:   ros-pull fetch {:.2} s, skopeo copy {:.2} s: {:.2}x",
+        median(&m.fetch_mem),
+        median(&m.skopeo_mem),
+        ratio(&m.fetch_mem, &m.skopeo_mem)
+    );
+    println!("  pulling (fetched, then unpacked for overlayfs):");
+    println!(
+        "    to the disk:  ros-pull pull {:.2} s ({:.2} s of it unpacking), podman pull {:.2} s: {:.2}x; peak RSS {:.1} MiB (goal: under 16)",
+        median(&m.pull),
+        median(&m.unpack),
+        median(&m.podman),
+        ratio(&m.pull, &m.podman),
+        median(&m.rss) / 1024.0
+    );
+    println!(
+        "    to a tmpfs:   ros-pull pull {:.2} s",
+        median(&m.pull_mem)
     );
     println!(
         "  creating {SMALL_FILES} empty files here: {:.2} s on the disk, {:.2} s in a tmpfs (what any unpacking pays)",
         create_files(t.path())?,
         create_files(shm.path())?
-    );
-    println!(
-        "  into a tmpfs: ros-pull {:.2} s, skopeo {:.2} s, ros-pull / skopeo: {:.2}x",
-        median(&ros_mem),
-        median(&skopeo_mem),
-        median(&ros_mem) / median(&skopeo_mem)
-    );
-    println!(
-        "  ros-pull (digests checked, layers unpacked)   {:.2} s, peak RSS {:.1} MiB",
-        median(&ros),
-        median(&rss) / 1024.0
-    );
-    println!(
-        "  skopeo copy to an OCI layout (no unpacking)    {:.2} s",
-        median(&skopeo)
-    );
-    println!(
-        "  podman pull (unpacked into overlay storage)   {:.2} s",
-        median(&podman)
-    );
-    println!(
-        "  ros-pull / podman: {:.2}x",
-        median(&ros) / median(&podman)
-    );
-    println!(
-        "  ros-pull / skopeo: {:.2}x",
-        median(&ros) / median(&skopeo)
     );
 
     let Some(arch) = arch else {
