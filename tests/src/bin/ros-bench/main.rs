@@ -15,6 +15,7 @@ mod peer;
 mod pull;
 mod runtime;
 mod services;
+mod store;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -62,6 +63,16 @@ enum Cli {
         /// Guest memory (MiB), the same for both boots.
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+    },
+    /// The cluster's embedded store (ros-revlog) against etcd 3.4 on the loopback: writes per
+    /// second from concurrent writers, and watch latency.
+    Store {
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Validating worst-case user-data (up to the 1 MiB cap) on the host, against parsing the
     /// same text with toml_edit alone.
@@ -189,6 +200,11 @@ fn main() -> Result<()> {
             seconds,
         } => return flood::bench(arch, runs, seconds),
         Cli::Pull { arch, runs, mib } => return pull::bench(arch, runs, mib),
+        Cli::Store {
+            writers,
+            writes,
+            runs,
+        } => return store::bench(writers, writes, runs),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;
