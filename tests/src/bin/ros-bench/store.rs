@@ -133,14 +133,17 @@ pub fn bench(writers: usize, writes: usize, runs: usize) -> Result<()> {
     for run in 0..runs {
         // ros-revlog, in a fresh file.
         let store = ros_revlog::Store::open(&t.path().join(format!("revlog{run}")))?;
-        ros_rate.push(rate(writers, writes, &|w, i| {
+        let create = |key: String| -> Result<()> {
             store
                 .apply(ros_revlog::Op::Create {
-                    key: format!("/bench/{w}/{i}"),
+                    key,
                     value: b"v".to_vec(),
                 })
                 .map(drop)
                 .map_err(Into::into)
+        };
+        ros_rate.push(rate(writers, writes, &|w, i| {
+            create(format!("/bench/{w}/{i}"))
         })?);
         let mut watch = store.watch("/lat/", store.revision())?;
         let (tx, rx) = mpsc::channel();
@@ -151,19 +154,7 @@ pub fn bench(writers: usize, writes: usize, runs: usize) -> Result<()> {
                 }
             }
         });
-        ros_lat.extend(latency(
-            200,
-            &|i| {
-                store
-                    .apply(ros_revlog::Op::Create {
-                        key: format!("/lat/{i:06}"),
-                        value: b"v".to_vec(),
-                    })
-                    .map(drop)
-                    .map_err(Into::into)
-            },
-            &rx,
-        )?);
+        ros_lat.extend(latency(200, &|i| create(format!("/lat/{i:06}")), &rx)?);
         drop(store);
         drop(rx);
         let _ = relay.join();
