@@ -201,7 +201,7 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
 }
 
 /// The crypto provider needs these CPU features (graviola's requirements).
-fn tls_cpu_check() -> Result<(), String> {
+pub fn tls_cpu_check() -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     {
         let have = [

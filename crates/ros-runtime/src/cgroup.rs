@@ -77,6 +77,7 @@ impl Cgroup {
                 Err(e) => return Err(err(&dir, "creating")(e)),
             }
         }
+        reset_delegation(&dir)?;
         Ok(Cgroup { path: dir })
     }
 
@@ -209,6 +210,10 @@ impl Cgroup {
 
     /// Removes the group if it is empty: `Ok(true)` removed (or gone), `Ok(false)` still busy.
     pub fn try_remove(&self) -> Result<bool> {
+        if descendants(&self.path) > 0 {
+            let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+            remove_children(&self.path);
+        }
         match std::fs::remove_dir(&self.path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
@@ -229,9 +234,17 @@ impl Cgroup {
                 Err(e) if Instant::now() >= deadline => return Err(err(&self.path, "removing")(e)),
                 Err(_) => {
                     if !killed {
-                        // cgroup.kill (Linux 5.14) kills everything inside at once.
+                        // cgroup.kill (Linux 5.14) kills everything inside at once, the
+                        // groups below included.
                         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
                         killed = true;
+                    }
+                    // Groups the container made below its own (a container that runs
+                    // containers) go first, deepest first. Looked for only when cgroup.stat
+                    // counts some: listing a folder calls libc's opendir, which allocates
+                    // outside the fork-safe allocator (see crate::forksafe).
+                    if descendants(&self.path) > 0 {
+                        remove_children(&self.path);
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -246,6 +259,56 @@ fn limit(v: i64) -> String {
     } else {
         v.to_string()
     }
+}
+
+/// Removes the (empty of processes) groups below `path`, deepest first.
+fn remove_children(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_children(&e.path());
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// How many groups are below `path` (its cgroup.stat; a plain read, no directory listing).
+fn descendants(path: &Path) -> u64 {
+    std::fs::read_to_string(path.join("cgroup.stat"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("nr_descendants "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A group kept from a container that ran containers (it made groups below its own and gave
+/// them controllers): those groups are removed and the controllers taken back, or no process
+/// could join it again (cgroup v2 puts no process in a group that gives its children
+/// controllers).
+fn reset_delegation(dir: &Path) -> Result<()> {
+    if descendants(dir) > 0 {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while descendants(dir) > 0 && Instant::now() < deadline {
+            remove_children(dir);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let off: Vec<String> = enabled
+        .split_whitespace()
+        .map(|c| format!("-{c}"))
+        .collect();
+    if !off.is_empty() {
+        std::fs::write(dir.join("cgroup.subtree_control"), off.join(" "))
+            .map_err(err(dir, "taking back the controllers given below"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,6 +95,23 @@ pub struct InOptions<'a> {
     pub controlling_tty: bool,
 }
 
+/// The group an exec'd process joins: the container's own, or, when the container handed
+/// controllers to groups below it (a container that runs containers), a leaf `exec` below it,
+/// since cgroup v2 puts no process in a group that gives its children controllers.
+fn exec_cgroup(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    let delegated = std::fs::read_to_string(path.join("cgroup.subtree_control"))
+        .is_ok_and(|c| !c.trim().is_empty());
+    if !delegated {
+        return Ok(path.to_path_buf());
+    }
+    let leaf = path.join("exec");
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => Ok(leaf),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(leaf),
+        Err(e) => Err(Error::Spawn(format!("making {}: {e}", leaf.display()))),
+    }
+}
+
 /// Starts `cfg.process` in the container whose first process is `pid` (`cfg` is the
 /// container's own config, for the ids, capabilities and seccomp filter the process keeps).
 /// Returns the helper's pid; its exit status is the process's, unless
@@ -111,7 +128,7 @@ pub fn spawn_process_in(pid: i32, cgroup: &Cgroup, cfg: &Config, o: &InOptions) 
     let ns = namespaces(pid)?;
     let procs = std::fs::OpenOptions::new()
         .write(true)
-        .open(cgroup.path.join("cgroup.procs"))
+        .open(exec_cgroup(&cgroup.path)?.join("cgroup.procs"))
         .map_err(|e| Error::Spawn(format!("opening the container's cgroup: {e}")))?;
     let programs = cfg
         .seccomp

@@ -158,6 +158,13 @@ pub fn resolve(
     }
 
     let mut mounts = default_mounts();
+    // A privileged service may manage cgroups below its own (the cluster's agent makes the
+    // pods' groups): its cgroup filesystem, its own namespace's view, is writable.
+    if privileged {
+        for m in mounts.iter_mut().filter(|m| m.fstype == "cgroup2") {
+            m.flags.remove(nix::mount::MsFlags::MS_RDONLY);
+        }
+    }
     let mut dirs = Vec::new();
     for v in s.volumes.iter().flatten() {
         let source = match &v.source {
@@ -483,6 +490,28 @@ user = "1000"
         assert!(spec.config.masked_paths.is_empty());
         assert_eq!(spec.config.device_rules, None, "every device");
         assert!(!spec.config.nodev_root);
+        let cg = spec
+            .config
+            .mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .expect("cgroup2");
+        assert!(
+            !cg.flags.contains(nix::mount::MsFlags::MS_RDONLY),
+            "a writable cgroup tree"
+        );
+        let plain = service("[services.q]\nimage = \"console\"\n");
+        let spec = resolve("q", &plain, &image(), &Paths::system(), &[], None).expect("spec");
+        let cg = spec
+            .config
+            .mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .expect("cgroup2");
+        assert!(
+            cg.flags.contains(nix::mount::MsFlags::MS_RDONLY),
+            "read-only unless privileged"
+        );
     }
 
     #[test]
