@@ -9,7 +9,8 @@
 # the time test asks (run by the test, never as the host's clock service), Go to build the OCI
 # validation suite (scripts/conformance), podman to drive ros-runtime as an engine would,
 # docker-registry (distribution 2.8), skopeo, htpasswd and zstd for the registry tests, etcd-server
-# (3.4) for the cluster store's comparison (`ros-bench store`), the musl targets, cargo-nextest. The kernel and the services' Debian packages are fetched by `ros-image build`
+# (3.4) for the cluster store's comparison (`ros-bench store`), the musl targets, cargo-nextest, the
+# Python kubernetes client (a venv under target/). The kernel and the services' Debian packages are fetched by `ros-image build`
 # into target/ros-cache.
 set -euo pipefail
 
@@ -38,3 +39,11 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
 done
 
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+# The official Python Kubernetes client for the cluster's API tests (crates/ros-kube/tests), in a
+# venv under target/ so that CI's cache keeps it.
+venv="$(dirname "$0")/../target/venv-kube"
+if ! "$venv/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes==37.0.2
+fi

@@ -59,6 +59,9 @@ enum Cmd {
     /// Images: those of the boot image, and those pulled from registries.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// The k3s-like cluster this machine serves: its admin kubeconfig, join token, status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// The OS.
     #[command(subcommand)]
     Os(OsCmd),
@@ -149,6 +152,20 @@ enum ImageCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// An admin kubeconfig (context `default`, server https://127.0.0.1:6443).
+    Kubeconfig {
+        /// The server's address as the kubeconfig's user will reach it.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// The token an agent joins with (`[cluster] token = ...` on the agent).
+    Token,
+    /// The server's state: its API, nodes (Ready of all), the store's revision.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 enum OsCmd {
     Version,
     Info,
@@ -180,6 +197,74 @@ fn read_input(file: &str) -> Result<String, u8> {
     Ok(text)
 }
 
+/// What the cluster's server publishes for this CLI (`ros-kube server --publish`).
+fn cluster_dir() -> std::path::PathBuf {
+    std::env::var_os("ROS_CLUSTER_DIR").map_or_else(|| "/run/ros/cluster".into(), Into::into)
+}
+
+fn cluster(c: &ClusterCmd) -> Result<(), u8> {
+    let dir = cluster_dir();
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "ros: no cluster server runs on this machine ({} has no {name}); set `[cluster] role = \"server\"` in the user-data",
+                    dir.display()
+                );
+            } else {
+                eprintln!("ros: reading {}: {e}", dir.join(name).display());
+            }
+            1
+        })
+    };
+    match c {
+        ClusterCmd::Kubeconfig { server } => {
+            let mut kc = read("kubeconfig")?;
+            if let Some(s) = server {
+                let s = if s.starts_with("https://") {
+                    s.clone()
+                } else {
+                    format!("https://{s}")
+                };
+                kc = kc
+                    .lines()
+                    .map(|l| {
+                        if l.trim_start().starts_with("server: ") {
+                            format!("    server: {s}")
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n";
+            }
+            print!("{kc}");
+        }
+        ClusterCmd::Token => print!("{}", read("token")?),
+        ClusterCmd::Status => {
+            let st: serde_json::Value =
+                serde_json::from_str(&read("status.json")?).map_err(|e| {
+                    eprintln!("ros: the cluster's status.json: {e}");
+                    1
+                })?;
+            let g = |k: &str| {
+                st.get(k)
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .unwrap_or_default()
+            };
+            println!("role: {}", g("role"));
+            println!("api: {}", g("api"));
+            println!("version: {}", g("version"));
+            println!("nodes: {} ({} ready)", g("nodes"), g("nodes_ready"));
+            println!("store revision: {}", g("revision"));
+            println!("started: {}", g("started"));
+            println!("updated: {}", g("updated"));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), u8> {
     let req = match &cli.cmd {
         Cmd::Completions { shell } => {
@@ -187,6 +272,7 @@ fn run(cli: &Cli) -> Result<(), u8> {
             return Ok(());
         }
         Cmd::Config(ConfigCmd::Validate { file: Some(f) }) => return validate(cli, f),
+        Cmd::Cluster(c) => return cluster(c),
         Cmd::Service(ServiceCmd::Exec { name, tty, command }) => {
             return exec::run(cli, name, *tty, command);
         }

@@ -62,7 +62,97 @@ crate::table! {
         users: Option<Vec<crate::host::User>> = "users" => crate::host::read_users,
         /// Mirrors, credentials and CAs for pulling images.
         registries: crate::registries::Registries = "registries" => crate::registries::Registries::read,
+        /// The k3s-like cluster this machine serves or joins.
+        cluster: Cluster = "cluster" => Cluster::read,
     }
+}
+
+crate::table! {
+    /// The k3s-like cluster: `role = "server"` runs the Kubernetes API server, its store and
+    /// controllers (the `cluster` service); `role = "agent"` joins a server with its token.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+    pub struct Cluster {
+        planned: [],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<Located<String>> = "role" => |w, p, n| {
+            let v = w.string(p, n)?;
+            if !matches!(v.as_str(), "server" | "agent") {
+                w.err(n.pos, p, format!("expected `server` or `agent`, found `{v}`"));
+                return None;
+            }
+            Some(located(w, n, v))
+        },
+        /// An agent's server: `https://HOST:PORT`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server: Option<String> = "server" => cluster_server,
+        /// An agent's join token, as `ros cluster token` prints it on the server.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<String> = "token" => join_token,
+        /// The API server's port (6443).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_port: Option<u16> = "api_port" => |w, p, n| {
+            w.int(p, n, 1, 65535).and_then(|v| u16::try_from(v).ok())
+        },
+        /// Where the server keeps its objects: `embedded` (the default: a revision log on the
+        /// state disk) or `etcd://HOST:PORT` (etcd v3, plain HTTP).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        datastore: Option<String> = "datastore" => |w, p, n| {
+            let v = w.string(p, n)?;
+            if v == "embedded" {
+                return Some(v);
+            }
+            match v.strip_prefix("etcd://") {
+                Some(hp) if crate::types::parse_host_port(hp.trim_end_matches('/'), 2379).is_ok() && !hp.is_empty() => Some(v),
+                _ => {
+                    w.err(n.pos, p, format!("expected `embedded` or `etcd://HOST:PORT`, found `{v}`"));
+                    None
+                }
+            }
+        },
+    }
+}
+
+/// `https://HOST:PORT` (or without the port: 6443).
+fn cluster_server(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<String> {
+    let s = w.string(p, n)?;
+    let Some(rest) = s.strip_prefix("https://") else {
+        w.err(
+            n.pos,
+            p,
+            format!("expected an https:// URL such as https://10.0.0.1:6443, found `{s}`"),
+        );
+        return None;
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') || crate::types::parse_host_port(host, 6443).is_err() {
+        w.err(
+            n.pos,
+            p,
+            format!("expected https://HOST or https://HOST:PORT, found `{s}`"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// `K10<64 hex digits>::<user>:<password>`, as the server writes it.
+fn join_token(w: &mut Walker<'_>, p: &str, n: &Node) -> Option<String> {
+    let s = w.string(p, n)?;
+    let ok = s
+        .strip_prefix("K10")
+        .and_then(|r| r.split_once("::"))
+        .is_some_and(|(hash, cred)| {
+            hash.len() == 64
+                && hash.chars().all(|c| c.is_ascii_hexdigit())
+                && cred
+                    .split_once(':')
+                    .is_some_and(|(u, pw)| !u.is_empty() && !pw.is_empty())
+        });
+    if !ok {
+        w.err(n.pos, p, "expected a join token `K10<CA hash>::<user>:<password>` (run `ros cluster token` on the server)");
+        return None;
+    }
+    Some(s)
 }
 
 crate::table! {

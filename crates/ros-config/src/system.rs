@@ -48,6 +48,10 @@ pub fn services(
     if let Some(c) = defs.get_mut("console") {
         c.merge(console(&cfg.console, facts));
     }
+    // The `cluster` table turns the shipped cluster service on.
+    if let Some(c) = defs.get_mut("cluster") {
+        c.merge(cluster(&cfg.cluster, errors));
+    }
     for (name, s) in &cfg.services {
         defs.entry(name.clone()).or_default().merge(s.clone());
     }
@@ -69,6 +73,93 @@ pub fn services(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     Services { defs, env }
+}
+
+/// The `cluster` table as a change to the cluster service: on for a server, with its port.
+fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service {
+    let mut s = Service::default();
+    let Some(role) = &c.role else {
+        return s;
+    };
+    match role.value.as_str() {
+        "server" => {
+            s.enabled = Some(true);
+            let port = c.api_port.unwrap_or(6443);
+            let mut cmd: Vec<String> = [
+                "/usr/bin/ros-kube",
+                "server",
+                "--data-dir",
+                "/var/lib/ros-kube",
+                "--listen",
+                &format!("0.0.0.0:{port}"),
+                "--publish",
+                "/run/ros/cluster",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+            if let Some(d) = &c.datastore {
+                cmd.extend(["--datastore".to_string(), d.clone()]);
+            }
+            cmd.extend(
+                [
+                    "--agent",
+                    "--runtime",
+                    "/usr/bin/ros-runtime",
+                    "--registries",
+                    "/run/ros-host/registries.json",
+                ]
+                .iter()
+                .map(|x| x.to_string()),
+            );
+            s.command = Some(cmd);
+            s.health = Some(crate::service::Health {
+                check: crate::service::HealthCheck::Tcp(port),
+                interval: std::time::Duration::from_secs(10),
+                timeout: std::time::Duration::from_secs(3),
+                retries: 3,
+            });
+            for (k, set) in [
+                ("cluster.server", c.server.is_some()),
+                ("cluster.token", c.token.is_some()),
+            ] {
+                if set {
+                    errors.push(ConfigError::new(
+                        &role.source,
+                        role.pos,
+                        k,
+                        format!("{k} is for an agent; a server (cluster.role = \"server\") makes its own token"),
+                    ));
+                }
+            }
+        }
+        _ => {
+            let missing: Vec<&str> = [
+                ("cluster.server", c.server.is_none()),
+                ("cluster.token", c.token.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| *k)
+            .collect();
+            let msg = if missing.is_empty() {
+                "the agent role is not available yet in this version of ros; only `server` is"
+                    .to_string()
+            } else {
+                format!(
+                    "an agent needs {} to join its server",
+                    missing.join(" and ")
+                )
+            };
+            errors.push(ConfigError::new(
+                &role.source,
+                role.pos,
+                "cluster.role",
+                msg,
+            ));
+        }
+    }
+    s
 }
 
 /// The `console` table as a change to the console service: its SSH port (the server's and the
@@ -183,6 +274,72 @@ mod tests {
 
     fn shipped() -> BTreeMap<String, Service> {
         crate::shipped::get().services.clone()
+    }
+
+    #[test]
+    fn the_cluster_table_turns_the_server_on_and_checks_an_agent() {
+        let facts = Facts::default();
+        let run = |toml: &str| {
+            let cfg = crate::from_toml("t", toml);
+            let mut errors = cfg.errors.clone();
+            let s = services(&cfg.data, &shipped(), &facts, &mut errors);
+            (s, errors)
+        };
+        let (s, errors) = run("");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            !s.defs["cluster"].is_enabled(),
+            "off without a [cluster] table"
+        );
+        let (s, errors) = run("[cluster]\nrole = \"server\"\napi_port = 7443\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(s.defs["cluster"].is_enabled());
+        assert!(
+            s.defs["cluster"]
+                .command
+                .as_ref()
+                .is_some_and(|c| c.contains(&"0.0.0.0:7443".to_string()))
+        );
+        let (_, errors) = run("[cluster]\nrole = \"agent\"\nserver = \"https://10.0.0.1:6443\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            (errors[0].key.as_str(), errors[0].line),
+            ("cluster.role", 2)
+        );
+        assert!(
+            errors[0].message.contains("cluster.token"),
+            "{}",
+            errors[0].message
+        );
+        let (s, errors) =
+            run("[cluster]\nrole = \"server\"\ndatastore = \"etcd://10.0.0.9:2379\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let cmd = s.defs["cluster"].command.clone().unwrap_or_default();
+        assert!(
+            cmd.windows(2)
+                .any(|w| w[0] == "--datastore" && w[1] == "etcd://10.0.0.9:2379"),
+            "{cmd:?}"
+        );
+        assert!(cmd.contains(&"--agent".to_string()), "{cmd:?}");
+        let (_, errors) = run(
+            "[cluster]\nrole = \"leader\"\ntoken = \"K10abc\"\nserver = \"http://x\"\ndatastore = \"mysql://h\"\n",
+        );
+        let keys: Vec<(&str, u32)> = errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("cluster.role", 2),
+                ("cluster.token", 3),
+                ("cluster.server", 4),
+                ("cluster.datastore", 5)
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[3]
+                .message
+                .contains("expected `embedded` or `etcd://HOST:PORT`")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod config;
 mod flood;
+mod kube;
 mod peer;
 mod pull;
 mod runtime;
@@ -71,6 +72,24 @@ enum Cli {
         writers: usize,
         #[arg(long, default_value_t = 200)]
         writes: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The cluster's server program on the host: binary sizes, resident memory idle and with
+    /// pods and objects, create rate.
+    Kube {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+    },
+    /// In a QEMU guest serving the cluster: `kubectl apply` of a deployment to all its
+    /// replicas Running, and the cluster process's memory with them.
+    KubeApply {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 30)]
+        replicas: u32,
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
@@ -205,6 +224,12 @@ fn main() -> Result<()> {
             writes,
             runs,
         } => return store::bench(writers, writes, runs),
+        Cli::Kube { pods, objects } => return kube::bench(pods, objects),
+        Cli::KubeApply {
+            arch,
+            replicas,
+            runs,
+        } => return kube::apply(arch, replicas, runs),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;

@@ -1,0 +1,452 @@
+//! The cluster's server as a system service in a QEMU guest (`[cluster] role = "server"`),
+//! driven from the host through the forwarded API port by kubectl 1.32 and the Python client:
+//! the kubeconfig and token from `ros cluster`, an apply with validation on, an unknown field
+//! refused, every acknowledged write kept when the server's container is killed mid-writes
+//! and when the machine is powered off hard mid-writes (x86_64); a smoke run on aarch64.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use ros_qemu::Guest;
+use ros_tests::{Arch, READY_TIMEOUT, SshKey};
+use serde_json::Value;
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+struct Node {
+    guest: Guest,
+    key: Arc<SshKey>,
+    ssh: u16,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn boot(arch: Arch, disk: Option<&Path>, dir: tempfile::TempDir, key: Arc<SshKey>) -> Result<Node> {
+    boot_with(arch, disk, dir, key, "")
+}
+
+fn boot_with(
+    arch: Arch,
+    disk: Option<&Path>,
+    dir: tempfile::TempDir,
+    key: Arc<SshKey>,
+    more: &str,
+) -> Result<Node> {
+    let ssh = ros_tests::free_port()?;
+    let api = ros_tests::free_port()?;
+    let ud = dir.path().join("user-data.toml");
+    std::fs::write(
+        &ud,
+        format!(
+            "ssh_authorized_keys = [\"{}\"]\n{more}\n[cluster]\nrole = \"server\"\n",
+            key.public
+        ),
+    )?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(ud);
+    cfg.forwards = vec![(ssh, 22), (api, 6443)];
+    cfg.memory_mib = 1024;
+    cfg.disks = disk.map(|d| vec![d.to_path_buf()]).unwrap_or_default();
+    let guest = Guest::spawn(&cfg)?;
+    guest.wait_ready(READY_TIMEOUT)?;
+    // The server publishes its kubeconfig once it serves.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let kc = loop {
+        let (code, out) = key.ros(
+            ssh,
+            &format!("cluster kubeconfig --server 127.0.0.1:{api}"),
+            Duration::from_secs(30),
+        )?;
+        if code == 0 && out.contains("current-context: default") {
+            break out;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no kubeconfig from `ros cluster kubeconfig`: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kc)?;
+    Ok(Node {
+        guest,
+        key,
+        ssh,
+        kubeconfig,
+        _dir: dir,
+    })
+}
+
+impl Node {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+        use std::io::Write;
+        let mut child = Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self._dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {KUBECTL}"))?;
+        if let Some(s) = stdin
+            && let Some(mut i) = child.stdin.take()
+        {
+            i.write_all(s.as_bytes())?;
+        }
+        drop(child.stdin.take());
+        let o = child.wait_with_output()?;
+        Ok((
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ))
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let (ok, out, err) = self.kubectl(args, stdin)?;
+        ensure!(ok, "kubectl {}: {out}{err}", args.join(" "));
+        Ok(out)
+    }
+
+    fn names(&self, ns: &str) -> Result<std::collections::BTreeSet<String>> {
+        let out = self.ok(&["get", "configmaps", "-n", ns, "-o", "name"], None)?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.strip_prefix("configmap/"))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+fn python() -> Result<PathBuf> {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-kube/bin/python");
+    ensure!(
+        py.exists(),
+        "{} is missing (scripts/setup.sh makes it)",
+        py.display()
+    );
+    Ok(py)
+}
+
+/// Starts the Python writer (`count` configmaps in namespace `w`, for at most `seconds`,
+/// acknowledged names into `acked`) and waits until `first` of them are acknowledged.
+fn start_writer(
+    n: &Node,
+    count: u32,
+    acked: &Path,
+    seconds: u32,
+    first: usize,
+    wait_secs: u64,
+) -> Result<std::process::Child> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/ros-kube/tests/python/writer.py");
+    let child = Command::new(python()?)
+        .arg(script)
+        .arg(&n.kubeconfig)
+        .args(["w", &count.to_string()])
+        .arg(acked)
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
+    while std::fs::read_to_string(acked)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < first
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the writer acknowledged fewer than {first} writes in {wait_secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+fn wait(what: &str, secs: u64, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f()? {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// The node's agent runs pods from images in a registry on the host: a deployment rolls out
+/// (validation on), scales 1 -> 5 -> 2, an image change rolls out, a crashing container shows
+/// CrashLoopBackOff, a container over its memory limit OOMKilled, deleting the deployment
+/// removes its replicasets and pods.
+#[test]
+fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
+    let registry = ros_tests::registry::Registry::start(&Default::default())?;
+    let image_dir = ros_tests::image(Arch::X86_64)?;
+    for tag in ["1", "2"] {
+        let tagged = tempfile::tempdir()?;
+        // The same busybox image under two tags: a new tag is a new pod template.
+        let st = Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci:{}:busybox", image_dir.join("oci").display()))
+            .arg(format!("oci:{}:{tag}", tagged.path().display()))
+            .status()?;
+        ensure!(st.success(), "skopeo copy");
+        registry.push(tagged.path(), tag, "busybox")?;
+    }
+    let host = format!("10.0.2.2:{}", registry.port);
+    let more = format!("\n[registries.mirrors.\"{host}\"]\nendpoints = [\"http://{host}\"]\n");
+    let n = boot_with(
+        Arch::X86_64,
+        None,
+        tempfile::tempdir()?,
+        Arc::new(SshKey::new()?),
+        &more,
+    )?;
+    wait("the node Ready", 120, || {
+        Ok(n.kubectl(&["get", "nodes"], None)?.1.contains(" Ready "))
+    })?;
+    let dep = |image: &str, replicas: u32| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers:\n      - name: web\n        image: {host}/busybox:{image}\n        command: [\"/bin/sh\", \"-c\", \"echo up; exec sleep 3600\"]\n"
+        )
+    };
+    n.ok(&["apply", "-f", "-"], Some(&dep("1", 2)))?;
+    n.ok(
+        &["rollout", "status", "deployment/web", "--timeout=180s"],
+        None,
+    )?;
+    let pods = |n: &Node| -> Result<Vec<Value>> {
+        let v: Value =
+            serde_json::from_str(&n.ok(&["get", "pods", "-l", "app=web", "-o", "json"], None)?)?;
+        Ok(v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+            .collect())
+    };
+    for r in ["1", "5", "2"] {
+        n.ok(
+            &["scale", "deployment", "web", &format!("--replicas={r}")],
+            None,
+        )?;
+        n.ok(
+            &["rollout", "status", "deployment/web", "--timeout=180s"],
+            None,
+        )?;
+        let want: usize = r.parse()?;
+        wait(&format!("{r} pods"), 60, || Ok(pods(&n)?.len() == want))?;
+    }
+    let running = n.ok(&["get", "pods", "-l", "app=web", "-o", "wide"], None)?;
+    ensure!(running.matches("Running").count() == 2, "{running}");
+    // Its output, through the server from the node's agent.
+    let first = pods(&n)?[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    wait("the pod's log", 30, || {
+        Ok(n.ok(&["logs", &first], None)? == "up\n")
+    })?;
+    // exec over WebSocket v5 with the program's exit code.
+    let (ok, out, err) = n.kubectl(
+        &["exec", &first, "--", "/bin/sh", "-c", "echo in-pod; exit 3"],
+        None,
+    )?;
+    ensure!(
+        !ok && out == "in-pod\n" && err.contains("exit code 3"),
+        "{out}{err}"
+    );
+    n.ok(
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            &format!("web={host}/busybox:2"),
+        ],
+        None,
+    )?;
+    n.ok(
+        &["rollout", "status", "deployment/web", "--timeout=180s"],
+        None,
+    )?;
+    wait("the new image on every pod", 60, || {
+        let p = pods(&n)?;
+        Ok(p.len() == 2
+            && p.iter().all(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .is_some_and(|i| i.ends_with(":2"))
+            }))
+    })?;
+    let crash = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  containers:\n  - name: c\n    image: {host}/busybox:1\n    command: [\"/bin/sh\", \"-c\", \"exit 3\"]\n"
+    );
+    let hog = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: hog\n    image: {host}/busybox:1\n    command: [\"/bin/sh\", \"-c\", \"head -c 67108864 /dev/zero | tail > /dev/null\"]\n    resources:\n      limits: {{memory: 16Mi}}\n"
+    );
+    n.ok(&["apply", "-f", "-"], Some(&format!("{crash}---\n{hog}")))?;
+    wait("CrashLoopBackOff and OOMKilled", 90, || {
+        let t = n.ok(&["get", "pods", "crash", "hog"], None)?;
+        Ok(t.contains("CrashLoopBackOff") && t.contains("OOMKilled"))
+    })?;
+    n.ok(&["delete", "deployment", "web"], None)?;
+    wait("the replicasets and pods gone", 90, || {
+        Ok(pods(&n)?.is_empty()
+            && n.ok(&["get", "replicasets", "-o", "name"], None)?
+                .trim()
+                .is_empty())
+    })?;
+    Ok(())
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: 10.0.2.2:5000/busybox:1
+";
+
+#[test]
+fn server_in_a_guest_keeps_acknowledged_writes_when_its_container_is_killed() -> Result<()> {
+    let n = boot(
+        Arch::X86_64,
+        None,
+        tempfile::tempdir()?,
+        Arc::new(SshKey::new()?),
+    )?;
+    let (code, status) = n
+        .key
+        .ros(n.ssh, "cluster status", Duration::from_secs(30))?;
+    ensure!(code == 0 && status.contains("role: server"), "{status}");
+    let (code, token) = n.key.ros(n.ssh, "cluster token", Duration::from_secs(30))?;
+    ensure!(code == 0 && token.starts_with("K10"), "{token}");
+    let ns = n.ok(&["get", "namespaces"], None)?;
+    ensure!(ns.contains("kube-system") && ns.contains("Active"), "{ns}");
+    n.ok(&["apply", "-f", "-"], Some(DEPLOYMENT))?;
+    let (ok, _, err) = n.kubectl(
+        &["apply", "-f", "-"],
+        Some(&DEPLOYMENT.replace("image:", "imagee:")),
+    )?;
+    ensure!(
+        !ok && err.contains("unknown field \"spec.template.spec.containers[0].imagee\""),
+        "{err}"
+    );
+    let rs = n.ok(&["get", "replicasets", "-l", "app=web", "-o", "name"], None)?;
+    ensure!(
+        rs.starts_with("replicaset.apps/web-"),
+        "the controllers made no replicaset: {rs}"
+    );
+
+    // Writes from the Python client while the server's process is killed with SIGKILL.
+    n.ok(&["create", "namespace", "w"], None)?;
+    let acked_file = n._dir.path().join("acked");
+    let writer = start_writer(&n, 400, &acked_file, 150, 50, 60)?;
+    // The shell that kills it is in the same container and may die with it (137): the
+    // service's own status below is what says the kill happened.
+    let (code, out) = n.key.ros(
+        n.ssh,
+        "service exec cluster -- /bin/sh -c 'kill -9 $(pidof ros-kube)'",
+        Duration::from_secs(30),
+    )?;
+    ensure!(code == 0 || code == 137, "the kill: {code} {out}");
+    let out = writer.wait_with_output()?;
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "the writer failed: {summary}");
+    let (code, st) = n
+        .key
+        .ros(n.ssh, "service status cluster", Duration::from_secs(30))?;
+    ensure!(
+        code == 0 && st.contains("restarts: 1") && st.contains("code\":137"),
+        "{st}"
+    );
+    let acked: Vec<String> = std::fs::read_to_string(&acked_file)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let present = n.names("w")?;
+    let lost: Vec<&String> = acked.iter().filter(|a| !present.contains(*a)).collect();
+    ensure!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    ensure!(
+        summary.split_whitespace().next() == Some("400"),
+        "the writer did not finish: {summary}"
+    );
+    eprintln!(
+        "writer (written, failed attempts): {summary}; {} acknowledged, all present",
+        acked.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn server_keeps_acknowledged_writes_through_a_hard_power_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("state.img");
+    std::fs::File::create(&disk)?.set_len(512 << 20)?;
+    let key = Arc::new(SshKey::new()?);
+    let mut n = boot(Arch::X86_64, Some(&disk), tempfile::tempdir()?, key.clone())?;
+    n.ok(&["create", "namespace", "w"], None)?;
+    let acked_file = dir.path().join("acked");
+    let mut writer = start_writer(&n, 1000, &acked_file, 300, 100, 90)?;
+    // Power off: QEMU killed while writes are in flight.
+    n.guest.kill();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let acked: Vec<String> = std::fs::read_to_string(&acked_file)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ensure!(
+        acked.len() >= 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    drop(n);
+    let n = boot(Arch::X86_64, Some(&disk), tempfile::tempdir()?, key)?;
+    let present = n.names("w")?;
+    let lost: Vec<&String> = acked.iter().filter(|a| !present.contains(*a)).collect();
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes lost after the power-off: {lost:?}"
+    );
+    eprintln!(
+        "{} acknowledged before the power-off, all there after the reboot ({} present)",
+        acked.len(),
+        present.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn server_smoke_on_aarch64() -> Result<()> {
+    let n = boot(
+        Arch::Aarch64,
+        None,
+        tempfile::tempdir()?,
+        Arc::new(SshKey::new()?),
+    )?;
+    let ns = n.ok(&["get", "namespaces"], None)?;
+    ensure!(ns.contains("kube-node-lease"), "{ns}");
+    n.ok(
+        &["create", "configmap", "smoke", "--from-literal=arch=arm64"],
+        None,
+    )?;
+    let v = n.ok(
+        &["get", "configmap", "smoke", "-o", "jsonpath={.data.arch}"],
+        None,
+    )?;
+    if v != "arm64" {
+        bail!("read back {v:?}");
+    }
+    Ok(())
+}
