@@ -9,7 +9,8 @@
 # the time test asks (run by the test, never as the host's clock service), Go to build the OCI
 # validation suite (scripts/conformance), podman to drive ros-runtime as an engine would,
 # docker-registry (distribution 2.8), skopeo, htpasswd and zstd for the registry tests, etcd-server
-# (3.4) for the cluster store's comparison (`ros-bench store`), the musl targets, cargo-nextest, the
+# (3.4) for the cluster store's comparison (`ros-bench store`), tmux to type into `kubectl exec -it`,
+# the musl targets, cargo-nextest, the
 # Python kubernetes client (a venv under target/). The kernel and the services' Debian packages are fetched by `ros-image build`
 # into target/ros-cache.
 set -euo pipefail
@@ -20,7 +21,7 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-a
             ssh:openssh-client ssh-keygen:openssh-client crun:crun runc:runc \
             genisoimage:genisoimage mkfs.vfat:dosfstools mcopy:mtools chronyd:chrony \
             go:golang-go podman:podman docker-registry:docker-registry skopeo:skopeo \
-            htpasswd:apache2-utils zstd:zstd etcd:etcd-server; do
+            htpasswd:apache2-utils zstd:zstd etcd:etcd-server tmux:tmux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||

@@ -24,6 +24,9 @@ pub enum NicNet {
     /// An existing tap device on the host (made by the caller, e.g. `ip tuntap add NAME mode
     /// tap`), so host programs such as dnsmasq serve the guest. Needs root or the tap's owner.
     Tap(String),
+    /// One L2 segment shared by every guest given the same `ADDR:PORT` (a UDP multicast
+    /// group on the host's loopback): guests reach each other, nothing else reaches them.
+    Mcast(String),
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +170,7 @@ pub fn args(cfg: &BootConfig, sockets: &Sockets, serial: &str) -> Vec<String> {
             NicNet::User(Some(net)) => format!("user,id={id},net={net}"),
             NicNet::Isolated => format!("hubport,id={id},hubid={}", 100 + i),
             NicNet::Tap(name) => format!("tap,id={id},ifname={name},script=no,downscript=no"),
+            NicNet::Mcast(group) => format!("socket,id={id},mcast={group},localaddr=127.0.0.1"),
         };
         a.extend([s("-netdev"), netdev]);
         a.extend([
@@ -247,8 +251,15 @@ mod tests {
             mac: "52:54:00:12:34:58".into(),
             net: NicNet::Isolated,
         });
+        cfg.extra_nics.push(Nic {
+            mac: "52:54:00:12:34:59".into(),
+            net: NicNet::Mcast("230.0.0.1:41234".into()),
+        });
         cfg.kernel_verbose = true;
         let a = args(&cfg, &sockets(), "stdio").join(" ");
+        assert!(a.contains(
+            "-netdev socket,id=n3,mcast=230.0.0.1:41234,localaddr=127.0.0.1 -device virtio-net-pci,netdev=n3,mac=52:54:00:12:34:59"
+        ), "{a}");
         assert!(
             a.starts_with("-M virt -cpu max,pauth-impdef=on -accel tcg"),
             "{a}"

@@ -35,23 +35,52 @@ fn boot_with(
     key: Arc<SshKey>,
     more: &str,
 ) -> Result<Node> {
+    let (guest, ssh, api) = spawn(
+        arch,
+        disk,
+        dir.path(),
+        &key,
+        &format!("{more}\n[cluster]\nrole = \"server\"\n"),
+        vec![],
+    )?;
+    guest.wait_ready(READY_TIMEOUT)?;
+    server_node(guest, dir, key, ssh, api)
+}
+
+/// Starts a guest with this user-data (after the key) and extra NICs, SSH and the API port
+/// forwarded; the guest, the SSH port, the API port.
+fn spawn(
+    arch: Arch,
+    disk: Option<&Path>,
+    dir: &Path,
+    key: &SshKey,
+    user_data: &str,
+    nics: Vec<ros_qemu::Nic>,
+) -> Result<(Guest, u16, u16)> {
     let ssh = ros_tests::free_port()?;
     let api = ros_tests::free_port()?;
-    let ud = dir.path().join("user-data.toml");
+    let ud = dir.join("user-data.toml");
     std::fs::write(
         &ud,
-        format!(
-            "ssh_authorized_keys = [\"{}\"]\n{more}\n[cluster]\nrole = \"server\"\n",
-            key.public
-        ),
+        format!("ssh_authorized_keys = [\"{}\"]\n{user_data}", key.public),
     )?;
     let mut cfg = ros_tests::config(arch)?;
     cfg.user_data = Some(ud);
     cfg.forwards = vec![(ssh, 22), (api, 6443)];
     cfg.memory_mib = 1024;
     cfg.disks = disk.map(|d| vec![d.to_path_buf()]).unwrap_or_default();
-    let guest = Guest::spawn(&cfg)?;
-    guest.wait_ready(READY_TIMEOUT)?;
+    cfg.extra_nics = nics;
+    Ok((Guest::spawn(&cfg)?, ssh, api))
+}
+
+/// A booted server guest as a [`Node`], once `ros cluster kubeconfig` gives its kubeconfig.
+fn server_node(
+    guest: Guest,
+    dir: tempfile::TempDir,
+    key: Arc<SshKey>,
+    ssh: u16,
+    api: u16,
+) -> Result<Node> {
     // The server publishes its kubeconfig once it serves.
     let deadline = Instant::now() + Duration::from_secs(120);
     let kc = loop {
@@ -448,5 +477,158 @@ fn server_smoke_on_aarch64() -> Result<()> {
     if v != "arm64" {
         bail!("read back {v:?}");
     }
+    Ok(())
+}
+
+/// The user-data of a machine on the two-node segment: its name, DHCP on the first NIC (the
+/// host's forwards), a static address on the second (the segment), the host registry.
+fn segment_user_data(name: &str, mac: &str, ip: &str, registry: &str) -> String {
+    format!(
+        "hostname = \"{name}\"\n\n[network.interfaces.eth0]\ndhcp4 = true\n\n[network.interfaces.lan]\nmac = \"{mac}\"\naddresses = [\"{ip}/24\"]\n\n[registries.mirrors.\"{registry}\"]\nendpoints = [\"http://{registry}\"]\n"
+    )
+}
+
+/// The service's log lines in a guest (`ros service logs cluster`).
+fn service_log(key: &SshKey, ssh: u16) -> Result<String> {
+    Ok(key
+        .ros(ssh, "service logs cluster -n 200", Duration::from_secs(30))?
+        .1)
+}
+
+/// Two machines on one L2 segment (QEMU's multicast socket network on the loopback): the
+/// server, and a second machine that is made an agent live (`ros config set`). A wrong token
+/// is refused, saying so in both machines' logs; the right one joins, the new node turns
+/// Ready, a pod scheduled onto it runs there (hostIP the agent's address), and its logs and
+/// exec reach it through the server.
+#[test]
+fn a_second_machine_joins_with_the_token_and_runs_pods() -> Result<()> {
+    let registry = ros_tests::registry::Registry::start(&Default::default())?;
+    let image_dir = ros_tests::image(Arch::X86_64)?;
+    registry.push(&image_dir.join("oci"), "busybox", "busybox")?;
+    let reg = format!("10.0.2.2:{}", registry.port);
+    let segment = format!("230.0.0.1:{}", ros_tests::free_port()?);
+    let nic = |mac: &str| ros_qemu::Nic {
+        mac: mac.into(),
+        net: ros_qemu::NicNet::Mcast(segment.clone()),
+    };
+    let key = Arc::new(SshKey::new()?);
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (guest_a, ssh_a, api_a) = spawn(
+        Arch::X86_64,
+        None,
+        dir_a.path(),
+        &key,
+        &format!(
+            "{}\n[cluster]\nrole = \"server\"\nnode_ip = \"192.168.76.1\"\n",
+            segment_user_data("node-a", "52:54:00:12:34:61", "192.168.76.1", &reg)
+        ),
+        vec![nic("52:54:00:12:34:61")],
+    )?;
+    // The second machine boots meanwhile, with no cluster role yet.
+    let (guest_b, ssh_b, _) = spawn(
+        Arch::X86_64,
+        None,
+        dir_b.path(),
+        &key,
+        &segment_user_data("node-b", "52:54:00:12:34:62", "192.168.76.2", &reg),
+        vec![nic("52:54:00:12:34:62")],
+    )?;
+    guest_a.wait_ready(READY_TIMEOUT)?;
+    guest_b.wait_ready(READY_TIMEOUT)?;
+    let a = server_node(guest_a, dir_a, key.clone(), ssh_a, api_a)?;
+    let (code, token) = key.ros(ssh_a, "cluster token", Duration::from_secs(30))?;
+    let token = token.trim().to_string();
+    ensure!(code == 0 && token.starts_with("K10"), "{token}");
+    let (hash_part, _) = token.rsplit_once(':').context("the token's password")?;
+    let wrong = format!("{hash_part}:not-the-password");
+
+    let set = |k: &str, v: &str| -> Result<String> {
+        let (code, out) = key.ros(
+            ssh_b,
+            &format!("config set {k} '{v}'"),
+            Duration::from_secs(60),
+        )?;
+        ensure!(code == 0, "ros config set {k}: {out}");
+        Ok(out)
+    };
+    set("cluster.server", "https://192.168.76.1:6443")?;
+    set("cluster.token", &wrong)?;
+    let out = set("cluster.role", "agent")?;
+    ensure!(
+        out.contains("cluster"),
+        "the cluster service started live: {out}"
+    );
+    wait("the agent's refusal in its log", 120, || {
+        Ok(service_log(&key, ssh_b)?.contains("the join token is wrong"))
+    })?;
+    wait("the refusal in the server's log", 30, || {
+        Ok(service_log(&key, ssh_a)?.contains("join refused: 192.168.76.2"))
+    })?;
+    ensure!(
+        !a.ok(&["get", "nodes"], None)?.contains("node-b"),
+        "no node joined with the wrong token"
+    );
+
+    // The right token: the service restarts with it and the node joins.
+    set("cluster.token", &token)?;
+    wait("node-b Ready", 180, || {
+        let t = a.kubectl(&["get", "nodes"], None)?.1;
+        Ok(t.lines()
+            .any(|l| l.starts_with("node-b ") && l.contains(" Ready ")))
+    })?;
+    ensure!(
+        service_log(&key, ssh_a)?.contains("node node-b joined from 192.168.76.2"),
+        "the server logs the join"
+    );
+    let ip: String = a.ok(
+        &[
+            "get",
+            "node",
+            "node-b",
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ],
+        None,
+    )?;
+    ensure!(ip == "192.168.76.2", "node-b's InternalIP: {ip}");
+
+    // A pod for node-b runs there, and the server reaches it for logs and exec.
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: on-b}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: node-b}}\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: {reg}/busybox:busybox\n    command: [\"/bin/sh\", \"-c\", \"echo hello from b; exec sleep 3600\"]\n"
+    );
+    a.ok(&["apply", "-f", "-"], Some(&pod))?;
+    wait("the pod Running on node-b", 180, || {
+        let t = a.ok(&["get", "pod", "on-b", "-o", "wide"], None)?;
+        Ok(t.contains("Running") && t.contains("node-b"))
+    })?;
+    let host_ip = a.ok(
+        &["get", "pod", "on-b", "-o", "jsonpath={.status.hostIP}"],
+        None,
+    )?;
+    ensure!(host_ip == "192.168.76.2", "hostIP {host_ip}");
+    wait("the pod's log through the server", 60, || {
+        Ok(a.kubectl(&["logs", "on-b"], None)?.1 == "hello from b\n")
+    })?;
+    let (ok, out, err) = a.kubectl(
+        &["exec", "on-b", "--", "/bin/sh", "-c", "echo in-b; exit 3"],
+        None,
+    )?;
+    ensure!(
+        !ok && out == "in-b\n" && err.contains("exit code 3"),
+        "{out}{err}"
+    );
+    // The container is on the second machine: its agent keeps the pod's folder.
+    let uid = a.ok(
+        &["get", "pod", "on-b", "-o", "jsonpath={.metadata.uid}"],
+        None,
+    )?;
+    let (code, ls) = key.ros(
+        ssh_b,
+        "service exec cluster -- ls /var/lib/ros-kube/agent/pods",
+        Duration::from_secs(30),
+    )?;
+    ensure!(code == 0 && ls.contains(&uid), "pod {uid} on node-b: {ls}");
+    a.ok(&["delete", "pod", "on-b", "--wait=true"], None)?;
+    drop(guest_b);
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! means for the machine is a typed [`diff::Diff`].
 
 pub mod check;
+pub mod cluster;
 pub mod cmdline;
 pub mod diff;
 pub mod edit;

@@ -109,7 +109,60 @@ crate::table! {
                 }
             }
         },
+        /// A server runs an agent for its own node (pods scheduled to it run there) unless
+        /// this is false.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<bool> = "agent" => |w, p, n| w.bool(p, n),
+        /// The Node's name [default: the hostname].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_name: Option<String> = "node_name" => |w, p, n| {
+            let v = w.string(p, n)?;
+            if let Err(e) = crate::cluster::node_name(&v) {
+                w.err(n.pos, p, e);
+                return None;
+            }
+            Some(v)
+        },
+        /// The address the cluster reaches this node at [default: an agent's address on the
+        /// route to its server; a server's first address].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_ip: Option<IpAddr> = "node_ip" => |w, p, n| w.parsed(p, n, "an IP address"),
+        /// Labels for the Node.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        node_labels: BTreeMap<String, String> = "node_labels" => read_node_labels,
+        /// Taints for the Node, `KEY[=VALUE]:EFFECT`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_taints: Option<Vec<String>> = "node_taints" => |w, p, n| {
+            w.list(p, n, |w, p, n| {
+                let v = w.string(p, n)?;
+                match crate::cluster::parse_taint(&v) {
+                    Ok(_) => Some(v),
+                    Err(e) => {
+                        w.err(n.pos, p, e);
+                        None
+                    }
+                }
+            })
+        },
     }
+}
+
+fn read_node_labels(w: &mut Walker<'_>, path: &str, node: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for e in w.map(path, node).unwrap_or_default() {
+        let p = join(path, &e.key);
+        let Some(v) = w.string(&p, &e.node) else {
+            continue;
+        };
+        match crate::cluster::parse_label(&format!("{}={v}", e.key)) {
+            Ok(_) if !e.key.contains('=') => {
+                out.insert(e.key.clone(), v);
+            }
+            Ok(_) => w.err(e.key_pos, &p, "a label key holds no `=`"),
+            Err(m) => w.err(e.key_pos, &p, m),
+        }
+    }
+    out
 }
 
 /// `https://HOST:PORT` (or without the port: 6443).

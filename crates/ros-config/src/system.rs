@@ -75,17 +75,60 @@ pub fn services(
     Services { defs, env }
 }
 
-/// The `cluster` table as a change to the cluster service: on for a server, with its port.
+/// The `cluster` table as a change to the cluster service: a server (with its port, its
+/// datastore and, unless `agent = false`, an agent for its own node) or an agent joining a
+/// server. The token reaches the agent in its environment, off its command line.
 fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service {
     let mut s = Service::default();
     let Some(role) = &c.role else {
         return s;
     };
+    let words = |w: &[&str]| w.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    let runs_agent = role.value == "agent" || c.agent != Some(false);
+    let mut node_args: Vec<String> = vec![];
+    if runs_agent {
+        node_args.extend(words(&[
+            "--runtime",
+            "/usr/bin/ros-runtime",
+            "--registries",
+            "/run/ros-host/registries.json",
+        ]));
+        if let Some(n) = &c.node_name {
+            node_args.extend(["--node-name".to_string(), n.clone()]);
+        }
+        if let Some(ip) = &c.node_ip {
+            node_args.extend(["--node-ip".to_string(), ip.to_string()]);
+        }
+        for (k, v) in &c.node_labels {
+            node_args.extend(["--node-label".to_string(), format!("{k}={v}")]);
+        }
+        for t in c.node_taints.iter().flatten() {
+            node_args.extend(["--node-taint".to_string(), t.clone()]);
+        }
+    }
+    let health = |port: u16| crate::service::Health {
+        check: crate::service::HealthCheck::Tcp(port),
+        interval: std::time::Duration::from_secs(10),
+        timeout: std::time::Duration::from_secs(3),
+        retries: 3,
+    };
+    let misplaced = |errors: &mut Vec<ConfigError>, keys: &[(&str, bool)], why: &str| {
+        for (k, set) in keys {
+            if *set {
+                errors.push(ConfigError::new(
+                    &role.source,
+                    role.pos,
+                    k,
+                    format!("{k} {why}"),
+                ));
+            }
+        }
+    };
     match role.value.as_str() {
         "server" => {
             s.enabled = Some(true);
             let port = c.api_port.unwrap_or(6443);
-            let mut cmd: Vec<String> = [
+            let mut cmd = words(&[
                 "/usr/bin/ros-kube",
                 "server",
                 "--data-dir",
@@ -94,44 +137,24 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
                 &format!("0.0.0.0:{port}"),
                 "--publish",
                 "/run/ros/cluster",
-            ]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
+            ]);
             if let Some(d) = &c.datastore {
                 cmd.extend(["--datastore".to_string(), d.clone()]);
             }
-            cmd.extend(
-                [
-                    "--agent",
-                    "--runtime",
-                    "/usr/bin/ros-runtime",
-                    "--registries",
-                    "/run/ros-host/registries.json",
-                ]
-                .iter()
-                .map(|x| x.to_string()),
-            );
-            s.command = Some(cmd);
-            s.health = Some(crate::service::Health {
-                check: crate::service::HealthCheck::Tcp(port),
-                interval: std::time::Duration::from_secs(10),
-                timeout: std::time::Duration::from_secs(3),
-                retries: 3,
-            });
-            for (k, set) in [
-                ("cluster.server", c.server.is_some()),
-                ("cluster.token", c.token.is_some()),
-            ] {
-                if set {
-                    errors.push(ConfigError::new(
-                        &role.source,
-                        role.pos,
-                        k,
-                        format!("{k} is for an agent; a server (cluster.role = \"server\") makes its own token"),
-                    ));
-                }
+            if runs_agent {
+                cmd.push("--agent".to_string());
             }
+            cmd.extend(node_args);
+            s.command = Some(cmd);
+            s.health = Some(health(port));
+            misplaced(
+                errors,
+                &[
+                    ("cluster.server", c.server.is_some()),
+                    ("cluster.token", c.token.is_some()),
+                ],
+                "is for an agent; a server (cluster.role = \"server\") makes its own token",
+            );
         }
         _ => {
             let missing: Vec<&str> = [
@@ -142,21 +165,44 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
             .filter(|(_, m)| *m)
             .map(|(k, _)| *k)
             .collect();
-            let msg = if missing.is_empty() {
-                "the agent role is not available yet in this version of ros; only `server` is"
-                    .to_string()
-            } else {
-                format!(
-                    "an agent needs {} to join its server",
-                    missing.join(" and ")
-                )
-            };
-            errors.push(ConfigError::new(
-                &role.source,
-                role.pos,
-                "cluster.role",
-                msg,
-            ));
+            if !missing.is_empty() {
+                errors.push(ConfigError::new(
+                    &role.source,
+                    role.pos,
+                    "cluster.role",
+                    format!(
+                        "an agent needs {} to join its server",
+                        missing.join(" and ")
+                    ),
+                ));
+                return s;
+            }
+            misplaced(
+                errors,
+                &[
+                    ("cluster.api_port", c.api_port.is_some()),
+                    ("cluster.datastore", c.datastore.is_some()),
+                    ("cluster.agent", c.agent.is_some()),
+                ],
+                "is for a server (cluster.role = \"server\"); an agent serves no API",
+            );
+            s.enabled = Some(true);
+            let mut cmd = words(&[
+                "/usr/bin/ros-kube",
+                "agent",
+                "--server",
+                c.server.as_deref().unwrap_or_default(),
+                "--data-dir",
+                "/var/lib/ros-kube",
+            ]);
+            cmd.extend(node_args);
+            s.command = Some(cmd);
+            s.env.insert(
+                "ROS_KUBE_TOKEN".to_string(),
+                c.token.clone().unwrap_or_default(),
+            );
+            // The agent's endpoint (logs and exec for the server), bound before it joins.
+            s.health = Some(health(10250));
         }
     }
     s
@@ -321,6 +367,57 @@ mod tests {
             "{cmd:?}"
         );
         assert!(cmd.contains(&"--agent".to_string()), "{cmd:?}");
+        // An agent: joins with the token in its environment, node settings as flags.
+        let token = format!("K10{}::server:pw", "a".repeat(64));
+        let (s, errors) = run(&format!(
+            "[cluster]\nrole = \"agent\"\nserver = \"https://10.0.0.1:6443\"\ntoken = \"{token}\"\nnode_name = \"node-b\"\nnode_ip = \"192.168.76.2\"\nnode_labels = {{ \"example.com/rack\" = \"r1\" }}\nnode_taints = [\"dedicated=gpu:NoSchedule\"]\n"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        let svc = &s.defs["cluster"];
+        assert!(svc.is_enabled());
+        let cmd = svc.command.clone().unwrap_or_default();
+        for pair in [
+            ["agent", "--server"],
+            ["--server", "https://10.0.0.1:6443"],
+            ["--node-name", "node-b"],
+            ["--node-ip", "192.168.76.2"],
+            ["--node-label", "example.com/rack=r1"],
+            ["--node-taint", "dedicated=gpu:NoSchedule"],
+        ] {
+            assert!(cmd.windows(2).any(|w| w == pair), "{pair:?} in {cmd:?}");
+        }
+        assert!(
+            !cmd.iter().any(|w| w.contains("K10")),
+            "no token in {cmd:?}"
+        );
+        assert_eq!(svc.env.get("ROS_KUBE_TOKEN"), Some(&token));
+        assert_eq!(
+            svc.health.as_ref().map(|h| h.check.clone()),
+            Some(crate::service::HealthCheck::Tcp(10250))
+        );
+        // Server keys on an agent, and bad node settings, are named.
+        let (_, errors) = run(&format!(
+            "[cluster]\nrole = \"agent\"\nserver = \"https://h\"\ntoken = \"{token}\"\napi_port = 7000\nnode_name = \"Node_B\"\nnode_taints = [\"x:Never\"]\nnode_labels = {{ \"-x\" = \"1\" }}\n"
+        ));
+        let keys: Vec<(&str, u32)> = errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("cluster.node_name", 6),
+                ("cluster.node_taints[0]", 7),
+                ("cluster.node_labels.-x", 8),
+                ("cluster.api_port", 2),
+            ],
+            "{errors:?}"
+        );
+        // A server without its own agent.
+        let (s, errors) = run("[cluster]\nrole = \"server\"\nagent = false\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let cmd = s.defs["cluster"].command.clone().unwrap_or_default();
+        assert!(
+            !cmd.contains(&"--agent".to_string()) && !cmd.contains(&"--runtime".to_string()),
+            "{cmd:?}"
+        );
         let (_, errors) = run(
             "[cluster]\nrole = \"leader\"\ntoken = \"K10abc\"\nserver = \"http://x\"\ndatastore = \"mysql://h\"\n",
         );

@@ -19,6 +19,8 @@ pub struct Client {
     addr: String,
     host: String,
     tls: TlsConnector,
+    /// An `Authorization` header for every request (a joining agent's Basic credentials).
+    auth: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -56,13 +58,55 @@ impl Client {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Client, ClientError> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(t)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(t)?;
+        let cfg = builder()?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_client_auth_cert(chain, key)
+            .map_err(t)?;
+        Ok(Client::with(server, cfg))
+    }
+
+    /// A client that trusts `ca_pem` and shows no certificate of its own (a joining agent,
+    /// before it has one).
+    pub fn anonymous(server: &str, ca_pem: &str) -> Result<Client, ClientError> {
+        let cfg = builder()?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_no_client_auth();
+        Ok(Client::with(server, cfg))
+    }
+
+    /// A client that accepts any server certificate: only for fetching `/cacerts`, which
+    /// the caller then checks against the hash its join token carries (k3s's way), and never
+    /// for anything that sends a secret.
+    pub fn unverified(server: &str) -> Result<Client, ClientError> {
+        let provider = Arc::new(rustls_graviola::default_provider());
+        let cfg = builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_no_client_auth();
+        Ok(Client::with(server, cfg))
+    }
+
+    /// The same client sending Basic credentials with each request.
+    pub fn with_basic_auth(mut self, user: &str, password: &str) -> Client {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.auth = Some(format!("Basic {b}"));
+        self
+    }
+
+    fn with(server: &str, cfg: rustls::ClientConfig) -> Client {
         let hostport = server
             .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_string();
         let host = match hostport.rsplit_once(':') {
             Some((h, p)) if p.parse::<u16>().is_ok() => h.trim_matches(['[', ']']).to_string(),
-            _ => hostport.clone(),
+            _ => hostport.trim_matches(['[', ']']).to_string(),
         };
         let addr = if hostport
             .rsplit_once(':')
@@ -72,27 +116,54 @@ impl Client {
         } else {
             format!("{hostport}:6443")
         };
-        let provider = Arc::new(rustls_graviola::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(c.map_err(t)?).map_err(t)?;
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(t)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(t)?;
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-            .map_err(t)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(t)?;
-        Ok(Client {
+        Client {
             addr,
             host,
             tls: TlsConnector::from(Arc::new(cfg)),
-        })
+            auth: None,
+        }
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// This machine's address on the route to the server: the address the server reaches
+    /// it at when no NAT is between them (a UDP socket's connect sends nothing).
+    pub async fn local_addr(&self) -> Result<std::net::IpAddr, ClientError> {
+        let target = tokio::net::lookup_host(&self.addr)
+            .await
+            .map_err(|e| ClientError::Transport(format!("resolving {}: {e}", self.addr)))?
+            .next()
+            .ok_or_else(|| ClientError::Transport(format!("{} resolves to nothing", self.addr)))?;
+        let bind: std::net::SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = tokio::net::UdpSocket::bind(bind).await.map_err(t)?;
+        sock.connect(target)
+            .await
+            .map_err(|e| ClientError::Transport(format!("no route to {}: {e}", self.addr)))?;
+        Ok(sock.local_addr().map_err(t)?.ip())
+    }
+
+    /// A GET whose answer is text (`/cacerts`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self
+            .send(hyper::Method::GET, path, "application/json", vec![])
+            .await?;
+        let status = resp.status();
+        let data = resp.into_body().collect().await.map_err(t)?.to_bytes();
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                code: status.as_u16(),
+                message: text,
+            });
+        }
+        Ok(text)
     }
 
     /// A TLS connection to the server.
@@ -129,9 +200,13 @@ impl Client {
             .uri(path)
             .header(hyper::header::HOST, &self.addr)
             .header(hyper::header::ACCEPT, "application/json")
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(t)?;
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        let req = match &self.auth {
+            Some(a) => req.header(hyper::header::AUTHORIZATION, a),
+            None => req,
+        }
+        .body(Full::new(Bytes::from(body)))
+        .map_err(t)?;
         send.send_request(req).await.map_err(t)
     }
 
@@ -261,5 +336,74 @@ impl Client {
             }
         });
         Ok(rx)
+    }
+}
+
+fn builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, ClientError> {
+    let provider = Arc::new(rustls_graviola::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(t)
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(t)?).map_err(t)?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Transport("no CA certificate given".into()));
+    }
+    Ok(roots)
+}
+
+/// Accepts any certificate the server shows, still checking that the server holds its key
+/// (the handshake's signatures): what `Client::unverified` needs and nothing more.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod controllers;
 pub mod etcd;
+pub mod join;
 pub mod objects;
 pub mod patch;
 pub mod pki;

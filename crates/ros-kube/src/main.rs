@@ -28,9 +28,43 @@ struct AgentArgs {
     /// Seconds before a crashed container's first restart (doubling to 300).
     #[arg(long, default_value_t = 10)]
     backoff_initial: u64,
-    /// The node's address as the cluster reaches it.
+    /// The node's address as the cluster reaches it [default: for a joining agent, its
+    /// address on the route to the server; for a server, its first address].
     #[arg(long)]
-    node_ip: Option<String>,
+    node_ip: Option<std::net::IpAddr>,
+    /// A label for the Node, `KEY=VALUE` (repeatable).
+    #[arg(long = "node-label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// A taint for the Node, `KEY[=VALUE]:EFFECT` (repeatable).
+    #[arg(long = "node-taint", value_parser = parse_taint)]
+    taints: Vec<serde_json::Value>,
+    /// A container's log is rotated at this size (a quantity: `10Mi`).
+    #[arg(long, default_value = "10Mi", value_parser = parse_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container run, the current one included.
+    #[arg(long, default_value_t = ros_kube::agent::logs::DEFAULT_MAX_FILES, value_parser = clap::value_parser!(u32).range(1..=100))]
+    container_log_max_files: u32,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    ros_kube::quantity::parse_units(s)
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|n| *n >= 1024)
+        .ok_or_else(|| format!("expected a size of at least 1Ki such as 10Mi, found `{s}`"))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    ros_config::cluster::parse_label(s)
+}
+
+fn parse_taint(s: &str) -> Result<serde_json::Value, String> {
+    let t = ros_config::cluster::parse_taint(s)?;
+    let mut v = serde_json::json!({"key": t.key, "effect": t.effect});
+    if let Some(val) = t.value {
+        v["value"] = val.into();
+    }
+    Ok(v)
 }
 
 impl AgentArgs {
@@ -42,6 +76,7 @@ impl AgentArgs {
                 .to_string_lossy()
                 .into_owned(),
         };
+        ros_config::cluster::node_name(&node_name).map_err(|e| format!("--node-name: {e}"))?;
         let registries = match &self.registries {
             Some(p) => serde_json::from_slice(
                 &std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
@@ -56,14 +91,17 @@ impl AgentArgs {
             registries,
             backoff_initial: std::time::Duration::from_secs(self.backoff_initial),
             backoff_max: std::time::Duration::from_secs(300),
-            labels: Default::default(),
+            labels: self.labels.iter().cloned().collect(),
+            taints: self.taints.clone(),
+            log_max_size: self.container_log_max_size,
+            log_max_files: self.container_log_max_files,
             kubelet: Some(ros_kube::agent::Kubelet {
                 listen: "0.0.0.0:10250".parse().map_err(|e| format!("{e}"))?,
                 ca_pem: String::new(),
                 cert_pem: String::new(),
                 key_pem: String::new(),
             }),
-            address: self.node_ip.clone().or_else(|| {
+            address: self.node_ip.map(|a| a.to_string()).or_else(|| {
                 ros_kube::server::own_names()
                     .into_iter()
                     .find(|n| n.parse::<std::net::IpAddr>().is_ok())
@@ -93,6 +131,20 @@ enum Cmd {
         /// Run an agent for this node in the same process (pods scheduled here run here).
         #[arg(long)]
         agent: bool,
+        #[command(flatten)]
+        agent_args: AgentArgs,
+    },
+    /// Join a server's cluster and run the pods scheduled to this node.
+    Agent {
+        /// The server, `https://HOST:PORT`.
+        #[arg(long)]
+        server: String,
+        /// The join token (`ros cluster token` on the server) [default: $ROS_KUBE_TOKEN, which
+        /// keeps it off the process's command line].
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value = "/var/lib/ros/cluster")]
+        data_dir: PathBuf,
         #[command(flatten)]
         agent_args: AgentArgs,
     },
@@ -139,6 +191,12 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
+                // The node's address is one clients reach the server at, even before the
+                // interface has it.
+                let mut sans = sans;
+                if let Some(ip) = agent_args.node_ip {
+                    sans.push(ip.to_string());
+                }
                 let cfg = ros_kube::server::Config {
                     data_dir,
                     listen,
@@ -161,6 +219,12 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Cmd::Agent {
+            server,
+            token,
+            data_dir,
+            agent_args,
+        } => agent(&server, token, data_dir, &agent_args),
         Cmd::Kubeconfig { data_dir, server } => {
             match ros_kube::pki::Pki::open(&data_dir.join("pki"))
                 .and_then(|p| p.kubeconfig(&server))
@@ -177,4 +241,84 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `ros-kube agent`: join (trying again while the server cannot be reached; a refusal ends
+/// the process, whose supervisor starts it again later), then run the node.
+fn agent(server: &str, token: Option<String>, data_dir: PathBuf, args: &AgentArgs) -> ExitCode {
+    let fail = |m: &str| {
+        eprintln!("ros-kube agent: {m}");
+        ExitCode::FAILURE
+    };
+    let token = match token.or_else(|| std::env::var("ROS_KUBE_TOKEN").ok()) {
+        Some(t) => t,
+        None => return fail("no join token: give --token or set ROS_KUBE_TOKEN"),
+    };
+    let token: ros_kube::join::Token = match token.parse() {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let mut cfg = match args.config(data_dir.join("agent")) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let password = match ros_kube::join::node_password(&data_dir.join("node-password")) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("the node password: {e}")),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("the runtime: {e}")),
+    };
+    rt.block_on(async {
+        // The endpoint's port is taken before joining: the service's health check connects
+        // to it, and a port another program holds is an error now rather than after the join.
+        let listener = match &cfg.kubelet {
+            Some(k) => match tokio::net::TcpListener::bind(k.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => return fail(&format!("the agent's endpoint on {}: {e}", k.listen)),
+            },
+            None => None,
+        };
+        let mut delay = std::time::Duration::from_secs(1);
+        let joined = loop {
+            match ros_kube::join::join(server, &token, &cfg.node_name, &password, args.node_ip)
+                .await
+            {
+                Ok(j) => break j,
+                Err(ros_kube::join::JoinError::Refused(m)) => return fail(&m),
+                Err(ros_kube::join::JoinError::Unreachable(m)) => {
+                    eprintln!("ros-kube agent: joining: {m}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        };
+        eprintln!(
+            "ros-kube agent: joined {server} as node {} ({})",
+            cfg.node_name, joined.address
+        );
+        cfg.address = Some(joined.address.to_string());
+        if let Some(k) = cfg.kubelet.as_mut() {
+            k.ca_pem = joined.ca_pem.clone();
+            k.cert_pem = joined.serving.cert_pem.clone();
+            k.key_pem = joined.serving.key_pem.clone();
+        }
+        let client = match ros_kube::client::Client::new(
+            server,
+            &joined.ca_pem,
+            &joined.client.cert_pem,
+            &joined.client.key_pem,
+        ) {
+            Ok(c) => c,
+            Err(e) => return fail(&e.to_string()),
+        };
+        match ros_kube::agent::run_on(client, cfg, listener).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        }
+    })
 }

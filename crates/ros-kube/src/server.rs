@@ -71,8 +71,17 @@ pub fn own_names() -> Vec<String> {
 }
 
 /// The join token, k3s's form: `K10<sha256 of the CA PEM>::server:<password>`; the password
-/// is made on the first start and kept.
+/// is made on the first start and kept (`crate::join` checks it).
 pub fn join_token(data_dir: &Path, pki: &Pki) -> Result<String, ServerError> {
+    Ok(format!(
+        "K10{}::{}:{}",
+        pki.ca_hash(),
+        crate::join::TOKEN_USER,
+        join_password(data_dir)?
+    ))
+}
+
+fn join_password(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join("token-password");
     let password = match std::fs::read_to_string(&path) {
         Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
@@ -82,7 +91,7 @@ pub fn join_token(data_dir: &Path, pki: &Pki) -> Result<String, ServerError> {
             p
         }
     };
-    Ok(format!("K10{}::server:{password}", pki.ca_hash()))
+    Ok(password)
 }
 
 /// Writes the kubeconfig and the token once, and a status file every few seconds.
@@ -274,7 +283,27 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     if let Some(dir) = &cfg.publish {
         publish(dir, &pki, &token, addr.port(), api.clone())?;
     }
-    if let Some(acfg) = &cfg.agent {
+    let authority = Arc::new(crate::join::Authority {
+        pki: Pki::open(&cfg.data_dir.join("pki"))?,
+        password: join_password(&cfg.data_dir)?,
+    });
+    // The node's name is claimed as a joining agent's is, so that no other machine can join
+    // under it. Should another machine hold it already, the server serves without its agent.
+    let agent = match &cfg.agent {
+        Some(acfg) => {
+            let password = crate::join::node_password(&acfg.data_dir.join("node-password"))
+                .map_err(ServerError::Io)?;
+            match crate::join::claim_node(&api, &acfg.node_name, &password).await {
+                Ok(()) => Some(acfg),
+                Err(e) => {
+                    eprintln!("ros-kube: not running this node's agent: {}", e.message);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(acfg) = agent {
         // The node's identity, issued by the CA here (a joining agent gets its own by token).
         let pair = pki.client(
             &format!("system:node:{}", acfg.node_name),
@@ -307,11 +336,16 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     let serving = api.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _peer)) = listener.accept().await else {
+            let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, api, tokens) = (acceptor.clone(), serving.clone(), tokens.clone());
+            let (acceptor, api, tokens, authority) = (
+                acceptor.clone(),
+                serving.clone(),
+                tokens.clone(),
+                authority.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -330,8 +364,13 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
                             .and_then(|v| v.strip_prefix("Bearer "))
                             .and_then(|t| tokens.user(t.trim()).cloned())
                     });
-                    let api = api.clone();
-                    async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
+                    let (api, authority) = (api.clone(), authority.clone());
+                    async move {
+                        if req.uri().path() == crate::join::PATH {
+                            return Ok(crate::join::serve(&api, &authority, req, peer).await);
+                        }
+                        Ok::<_, std::convert::Infallible>(api.handle(req, user).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)

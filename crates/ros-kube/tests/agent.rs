@@ -73,6 +73,10 @@ fn start() -> Node {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(4),
             labels: Default::default(),
+            taints: vec![],
+            // Small, so that a test's pod rotates its log.
+            log_max_size: 64 << 10,
+            log_max_files: 5,
             address: Some("127.0.0.1".into()),
             kubelet: Some(ros_kube::agent::Kubelet {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -347,4 +351,292 @@ spec:
         listed.lines().skip(1).all(|l| l.trim().is_empty()),
         "containers left: {listed}"
     );
+}
+
+/// Probes as the kubelet runs them: a TCP readiness probe and an HTTP liveness probe on a named
+/// port of a real HTTP server (busybox httpd) in the pod's network, an exec readiness probe in a
+/// second container. The pod is Ready only once the exec probe passes; the HTTP server turned
+/// unhealthy is restarted, with Unhealthy and Killing events saying why.
+#[test]
+fn probes_gate_readiness_and_restart_the_unhealthy() {
+    let n = start();
+    wait_for("node-a Ready", 30, || {
+        n.kubectl(&["get", "node", "node-a"], None)
+            .1
+            .contains(" Ready ")
+    });
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: {image}
+    command: ["/bin/sh", "-c", "mkdir -p /www; echo ok > /www/healthz; exec /bin/busybox httpd -f -p 8080 -h /www"]
+    ports: [{{name: http, containerPort: 8080}}]
+    livenessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1, failureThreshold: 2}}
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+  - name: gate
+    image: {image}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    readinessProbe: {{exec: {{command: ["cat", "/tmp/ready"]}}, periodSeconds: 1}}
+"#,
+        image = n.image
+    );
+    n.ok(&["apply", "-f", "-"], Some(&pod));
+    let ready = |c: &str| -> Option<bool> {
+        let p = n.json(&["get", "pod", "probed"]);
+        p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == c)?["ready"]
+            .as_bool()
+    };
+    wait_for("web ready by its TCP probe", 60, || {
+        ready("web") == Some(true)
+    });
+    // The exec probe keeps the pod out of Ready until its file exists.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready("gate"), Some(false));
+    let (ok, _, err) = n.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/probed",
+            "--timeout=1s",
+        ],
+        None,
+    );
+    assert!(!ok, "not Ready before the exec probe passes: {err}");
+    n.ok(
+        &["exec", "probed", "-c", "gate", "--", "touch", "/tmp/ready"],
+        None,
+    );
+    n.ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/probed",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    // The HTTP server loses its health: restarted, and the events say why.
+    n.ok(
+        &["exec", "probed", "-c", "web", "--", "rm", "/www/healthz"],
+        None,
+    );
+    let restarts = || -> u64 {
+        let p = n.json(&["get", "pod", "probed"]);
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "web")
+            .and_then(|s| s["restartCount"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_for("web restarted by its liveness probe", 60, || {
+        restarts() >= 1
+    });
+    wait_for("web ready again", 60, || ready("web") == Some(true));
+    let events = n.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=probed",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("Liveness probe failed: HTTP probe failed with statuscode: 404"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Container web failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    assert!(events.contains("Readiness probe failed"), "{events}");
+    let described = n.ok(&["describe", "pod", "probed"], None);
+    assert!(described.contains("Unhealthy"), "{described}");
+    n.ok(&["delete", "pod", "probed", "--wait=true"], None);
+}
+
+/// `kubectl exec -it` typed through a real terminal (a tmux pane): the shell in the container
+/// has a terminal of its own sized as the pane, runs what is typed, and its exit code is
+/// kubectl's.
+#[test]
+fn exec_it_gives_a_terminal_typed_through_tmux() {
+    let n = start();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: shell}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {}\n    command: [\"/bin/sh\", \"-c\", \"exec sleep 3600\"]\n",
+        n.image
+    );
+    n.ok(&["apply", "-f", "-"], Some(&pod));
+    n.ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/shell",
+            "--timeout=90s",
+        ],
+        None,
+    );
+    let session = format!("ros-kube-exec-{}", std::process::id());
+    let script = n.dir.path().join("exec.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "export HOME={home}\n{kubectl} --kubeconfig {kc} exec -it shell -- /bin/sh\necho \"EXIT=$?\"\nsleep 60\n",
+            home = n.dir.path().display(),
+            kubectl = Path::new(common::SDK_BIN).join("kubectl.1.32").display(),
+            kc = n.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let tmux = |args: &[&str]| {
+        let o = Command::new("tmux").args(args).output().unwrap();
+        assert!(o.status.success(), "tmux {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &format!("sh {}", script.display()),
+    ]);
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
+    let wait_screen = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = screen();
+            if f(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {what} on the screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // (capture-pane drops the prompt's trailing space)
+    wait_screen("prompt", &|s| s.contains("/ #"));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo answer=$((6*7)); tty; stty size",
+        "Enter",
+    ]);
+    wait_screen("answers", &|s| {
+        s.contains("answer=42") && s.contains("/dev/pts/") && s.contains("30 100")
+    });
+    tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
+    wait_screen("exit code 5 from kubectl", &|s| s.contains("EXIT=5"));
+}
+
+/// A container's log is rotated on the state disk at the agent's size (64 KiB here) and count
+/// (5 files): `kubectl logs -f` started before the output follows it across the rotations with
+/// no line lost or repeated, the files on disk stay within the count, and `logs` gives the
+/// newest lines.
+#[test]
+fn logs_rotate_and_are_followed_across_rotations() {
+    use std::io::BufRead;
+    let n = start();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: logger}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {}\n    command: [\"/bin/sh\", \"-c\", \"sleep 3; i=0; while [ $i -lt 5000 ]; do echo \\\"line $i ....................\\\"; i=$((i+1)); [ $((i % 250)) = 0 ] && sleep 0.2; done; exec sleep 3600\"]\n",
+        n.image
+    );
+    n.ok(&["apply", "-f", "-"], Some(&pod));
+    n.ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/logger",
+            "--timeout=90s",
+        ],
+        None,
+    );
+    let mut follow = Command::new(Path::new(common::SDK_BIN).join("kubectl.1.32"))
+        .arg("--kubeconfig")
+        .arg(&n.kubeconfig)
+        .args(["logs", "-f", "logger"])
+        .env("HOME", n.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![];
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let last = line.starts_with("line 4999 ");
+            got.push(line);
+            if last {
+                break;
+            }
+        }
+        got
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "logs -f did not reach line 4999");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let got = reader.join().unwrap();
+    let want: Vec<String> = (0..5000)
+        .map(|i| format!("line {i} ...................."))
+        .collect();
+    assert_eq!(got.len(), want.len(), "every line once");
+    assert!(got == want, "in order");
+    // On disk: the current file and at most four rotated parts, each within the size.
+    let dir = std::fs::read_dir(n.dir.path().join("data/agent/pods"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("default_logger_")
+        })
+        .unwrap()
+        .path()
+        .join("containers/c");
+    let mut logs: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("0.log"))
+        .map(|f| {
+            let len = std::fs::metadata(dir.join(&f)).unwrap().len();
+            (f, len)
+        })
+        .collect();
+    logs.sort();
+    let names: Vec<&str> = logs.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(names, ["0.log", "0.log.1", "0.log.2", "0.log.3", "0.log.4"]);
+    assert!(logs.iter().all(|(_, len)| *len <= 64 << 10), "{logs:?}");
+    assert_eq!(
+        n.ok(&["logs", "logger", "--tail=1"], None),
+        "line 4999 ....................\n"
+    );
+    n.ok(&["delete", "pod", "logger", "--wait=true"], None);
 }

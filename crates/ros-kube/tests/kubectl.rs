@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use common::SDK_BIN;
 
@@ -925,4 +925,135 @@ fn watches_get_410_for_compacted_revisions_and_bookmarks() {
 #[test]
 fn watches_get_410_for_compacted_revisions_and_bookmarks_on_etcd() {
     watch_edges_on(Store::Etcd);
+}
+
+/// Joining: the agent's side (`ros_kube::join::join` and the `ros-kube agent` program) against
+/// a running server. The right token gives a node identity that writes its own Node; a wrong
+/// password, a token of another cluster (its CA hash) and a second machine taking a joined
+/// node's name are each refused with a reason, on both sides.
+#[test]
+fn agents_join_with_the_token_and_nothing_else_does() {
+    use ros_kube::join::{JoinError, Token, join};
+    let c = Cluster::start();
+    let data = c.dir.path().join("data");
+    let pki = ros_kube::pki::Pki::open(&data.join("pki")).unwrap();
+    let token_text = ros_kube::server::join_token(&data, &pki).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(c.dir.path().join("publish/token")).unwrap(),
+        format!("{token_text}\n"),
+        "the published token is the one the server checks"
+    );
+    let token: Token = token_text.parse().unwrap();
+    let server = format!("https://{}", c.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pw_a = "a".repeat(32);
+    let pw_b = "b".repeat(32);
+    let joined = rt
+        .block_on(join(&server, &token, "n1", &pw_a, None))
+        .unwrap();
+    assert_eq!(joined.ca_pem, pki.ca_pem);
+    assert_eq!(
+        joined.address,
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        "the address on the route to the server"
+    );
+    // The node identity it was given writes its own Node, and no other.
+    let client = ros_kube::client::Client::new(
+        &server,
+        &joined.ca_pem,
+        &joined.client.cert_pem,
+        &joined.client.key_pem,
+    )
+    .unwrap();
+    rt.block_on(client.create(
+        "/api/v1/nodes",
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}),
+    ))
+    .unwrap();
+    let e = rt
+        .block_on(client.create(
+            "/api/v1/nodes",
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}),
+        ))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(403), "{e}");
+    // The serving certificate names the node and its address.
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(joined.serving.cert_pem.as_bytes())
+        .unwrap();
+    let text = String::from_utf8_lossy(&der);
+    assert!(
+        text.contains("system:node:n1"),
+        "the serving cert's subject"
+    );
+    // The same machine again (a restart): welcome.
+    rt.block_on(join(&server, &token, "n1", &pw_a, None))
+        .unwrap();
+    // Another machine under the same name: refused, saying why.
+    let refused = |r: Result<ros_kube::join::Joined, JoinError>| match r {
+        Err(JoinError::Refused(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let m = refused(rt.block_on(join(&server, &token, "n1", &pw_b, None)));
+    assert!(m.contains("taken by another machine"), "{m}");
+    assert!(m.contains("kube-system/n1.node-password.ros"), "{m}");
+    // A wrong password in the token.
+    let wrong_pw = Token {
+        password: "not-it".into(),
+        ..token.clone()
+    };
+    let m = refused(rt.block_on(join(&server, &wrong_pw, "n3", &pw_a, None)));
+    assert!(m.contains("the join token is wrong"), "{m}");
+    // A token of another cluster: stopped before anything is sent.
+    let other_ca = Token {
+        ca_hash: "0".repeat(64),
+        ..token.clone()
+    };
+    let m = refused(rt.block_on(join(&server, &other_ca, "n3", &pw_a, None)));
+    assert!(m.contains("is not the one the token is for"), "{m}");
+    assert!(m.contains(&token.ca_hash), "names the CA it found: {m}");
+    // Nobody listening: worth trying again, not a refusal.
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    assert!(matches!(
+        rt.block_on(join(&closed, &token, "n3", &pw_a, None)),
+        Err(JoinError::Unreachable(_))
+    ));
+    // The program: a wrong token ends it with the reason (its supervisor starts it again).
+    let agent_dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ros-kube"))
+        .args([
+            "agent",
+            "--server",
+            &server,
+            "--node-name",
+            "n4",
+            "--data-dir",
+        ])
+        .arg(agent_dir.path())
+        .env(
+            "ROS_KUBE_TOKEN",
+            format!("K10{}::server:not-it", token.ca_hash),
+        )
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the join token is wrong"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_ros-kube"))
+        .args(["agent", "--server", &server, "--token", "K10xyz"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("K10<64 hex digits>"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The node's password is kept as a hash only.
+    let s = c.json(&["get", "secret", "-n", "kube-system", "n1.node-password.ros"]);
+    let stored = s["data"]["hash"].as_str().unwrap();
+    assert!(!stored.contains(&pw_a), "the password itself is not kept");
 }

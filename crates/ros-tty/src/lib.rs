@@ -79,6 +79,20 @@ pub fn copy_size(master: BorrowedFd<'_>) {
     }
 }
 
+/// Sets `master`'s size (a client's resize message).
+pub fn set_size(master: BorrowedFd<'_>, cols: u16, rows: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize through a valid pointer.
+    unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size);
+    }
+}
+
 /// What a turn of the copy found besides data: used by the caller to decide when to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

@@ -65,12 +65,7 @@ pub fn handle(
     }
     let flag = |k: &str| matches!(q.get(k), Some("true" | "1"));
     let (want_in, want_out, want_err) = (flag("stdin"), flag("stdout"), flag("stderr"));
-    if flag("tty") {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "exec with a terminal (-t) is not supported by this agent yet",
-        );
-    }
+    let tty = flag("tty");
     let headers = req.headers();
     let key = headers
         .get("sec-websocket-key")
@@ -104,6 +99,39 @@ pub fn handle(
         )
         .await;
         let (mut sink, mut source) = ws.split();
+        if tty {
+            let code = match terminal(
+                &runtime,
+                &runtime_root,
+                &container_id,
+                &command,
+                want_in,
+                &mut sink,
+                &mut source,
+            )
+            .await
+            {
+                Ok(code) => code,
+                Err(e) => {
+                    let mut m = vec![3u8];
+                    m.extend(
+                        json!({"metadata": {}, "status": "Failure", "message": e})
+                            .to_string()
+                            .bytes(),
+                    );
+                    let _ = sink.send(Message::Binary(m.into())).await;
+                    let _ = sink.send(normal_close()).await;
+                    let _ = sink.close().await;
+                    return;
+                }
+            };
+            let mut m = vec![3u8];
+            m.extend(status(&command, code).into_bytes());
+            let _ = sink.send(Message::Binary(m.into())).await;
+            let _ = sink.send(normal_close()).await;
+            let _ = sink.close().await;
+            return;
+        }
         let child = tokio::process::Command::new(&runtime)
             .arg("--root")
             .arg(&runtime_root)
@@ -229,6 +257,133 @@ pub fn handle(
         hyper::header::HeaderValue::from_static(proto),
     );
     r
+}
+
+/// The command on a new terminal of the container's: `ros-runtime exec --tty` sends the
+/// terminal's master over a console socket (as runc's does), which is then copied to channel 1
+/// and fed from channel 0, resized by channel 4's `{"Width", "Height"}`. Ends when the process
+/// does; its exit code.
+async fn terminal<S, R, E>(
+    runtime: &std::path::Path,
+    runtime_root: &std::path::Path,
+    container_id: &str,
+    command: &[String],
+    want_in: bool,
+    sink: &mut S,
+    source: &mut R,
+) -> Result<i32, String>
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+{
+    use std::os::fd::AsFd;
+    let sock_path = runtime_root.join(format!(
+        ".exec-{}.sock",
+        crate::pki::random_hex(8).map_err(|e| e.to_string())?
+    ));
+    let listener = tokio::net::UnixListener::bind(&sock_path)
+        .map_err(|e| format!("the console socket {}: {e}", sock_path.display()))?;
+    let child = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(runtime_root)
+        .args(["exec", "--tty", "--console-socket"])
+        .arg(&sock_path)
+        .arg(container_id)
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&sock_path);
+            return Err(format!("running the command: {e}"));
+        }
+    };
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept()).await;
+    let _ = std::fs::remove_file(&sock_path);
+    let conn = match accepted {
+        Ok(Ok((c, _))) => c,
+        _ => {
+            let _ = child.kill().await;
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            return Err(format!("the terminal did not come: {}", err.trim()));
+        }
+    };
+    let conn = conn.into_std().map_err(|e| e.to_string())?;
+    let master = tokio::task::spawn_blocking(move || {
+        let _ = conn.set_nonblocking(false);
+        ros_tty::recv_master(conn.as_fd())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let resize_fd = master.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = tokio::fs::File::from_std(std::fs::File::from(
+        master.try_clone().map_err(|e| e.to_string())?,
+    ));
+    let mut writer = tokio::fs::File::from_std(std::fs::File::from(master));
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // EIO once the terminal's last process has closed it.
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let mut m = vec![1u8];
+                    m.extend_from_slice(&buf[..n]);
+                    if out_tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut input_open = want_in;
+    let mut output_open = true;
+    let mut client_open = true;
+    let code = loop {
+        tokio::select! {
+            m = out_rx.recv(), if output_open => match m {
+                Some(m) => { if sink.send(Message::Binary(m.into())).await.is_err() { break None; } }
+                None => output_open = false,
+            },
+            st = child.wait(), if !output_open => break st.ok().and_then(|s| s.code()),
+            msg = source.next(), if client_open => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 if input_open => { let _ = writer.write_all(&b[1..]).await; let _ = writer.flush().await; }
+                    4 => if let Ok(size) = serde_json::from_slice::<serde_json::Value>(&b[1..]) {
+                        let dim = |k: &str| size.get(k).and_then(serde_json::Value::as_u64).and_then(|v| u16::try_from(v).ok());
+                        if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
+                            ros_tty::set_size(resize_fd.as_fd(), w, h);
+                        }
+                    },
+                    255 if b.get(1) == Some(&0) => input_open = false,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client went away: the session ends with it, as a terminal's
+                    // hang-up (the runtime passes SIGHUP on to the process).
+                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGHUP,
+                        );
+                    }
+                    input_open = false;
+                    client_open = false;
+                }
+                _ => {}
+            },
+        }
+    };
+    Ok(code.unwrap_or(255))
 }
 
 #[cfg(test)]

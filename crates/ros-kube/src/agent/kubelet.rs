@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::api::{Body, Query, full};
@@ -104,6 +104,10 @@ async fn container_logs(pods: PathBuf, path: &str, q: &Query) -> Response<Body> 
         let Ok(mut f) = tokio::fs::File::open(&file).await else {
             return;
         };
+        let ino = f.metadata().await.ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
         let mut content = String::new();
         if f.read_to_string(&mut content).await.is_err() {
             return;
@@ -120,38 +124,22 @@ async fn container_logs(pods: PathBuf, path: &str, q: &Query) -> Response<Body> 
         if !follow {
             return;
         }
-        // Follow: new lines as they land, until the container restarts (a newer file) or
-        // its pod goes, or the client leaves.
-        let mut pos = content.len() as u64;
+        // Follow: new lines as they land (across the log's rotations), until the container
+        // restarts (a newer file) or its pod goes, or the client leaves.
+        let mut follower = super::logs::Follower::at(file.clone(), ino, content.len() as u64);
         let mut partial = String::new();
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            let Ok(meta) = tokio::fs::metadata(&file).await else {
-                return;
-            };
-            if meta.len() > pos {
-                let Ok(mut f) = tokio::fs::File::open(&file).await else {
+            partial.push_str(&follower.more().await);
+            while let Some(nl) = partial.find('\n') {
+                let line: String = partial.drain(..=nl).collect();
+                if let Some(out) = render(line.trim_end_matches('\n'), timestamps)
+                    && tx.send(Bytes::from(out)).await.is_err()
+                {
                     return;
-                };
-                if f.seek(std::io::SeekFrom::Start(pos)).await.is_err() {
-                    return;
-                }
-                let mut more = String::new();
-                if f.read_to_string(&mut more).await.is_err() {
-                    return;
-                }
-                pos += more.len() as u64;
-                partial.push_str(&more);
-                while let Some(nl) = partial.find('\n') {
-                    let line: String = partial.drain(..=nl).collect();
-                    if let Some(out) = render(line.trim_end_matches('\n'), timestamps)
-                        && tx.send(Bytes::from(out)).await.is_err()
-                    {
-                        return;
-                    }
                 }
             }
             let now = logs(&pods, &ns, &pod, &container);

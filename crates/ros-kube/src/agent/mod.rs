@@ -13,8 +13,10 @@
 
 pub mod exec;
 pub mod kubelet;
+pub mod logs;
 pub mod netns;
 pub mod pod;
+pub mod probe;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +42,12 @@ pub struct Config {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub labels: BTreeMap<String, String>,
+    /// The Node's taints (`{"key", "value", "effect"}`).
+    pub taints: Vec<Value>,
+    /// A container's log file is rotated when it would pass this many bytes...
+    pub log_max_size: u64,
+    /// ...and this many files (the current one included) are kept per run.
+    pub log_max_files: u32,
     /// The node's address as the cluster reaches it (the InternalIP).
     pub address: Option<String>,
     /// The agent's own endpoint (logs for the API server): where it listens, with the CA and
@@ -121,14 +129,17 @@ async fn register(node: &Node, kubelet_port: u16) -> Result<(), String> {
     for (k, v) in &cfg.labels {
         labels[k] = json!(v);
     }
-    let obj = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": cfg.node_name, "labels": labels}});
+    let obj = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": cfg.node_name, "labels": labels},
+        "spec": {"taints": cfg.taints}});
     match node.client.create("/api/v1/nodes", &obj).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(409) => {
+            // The configured taints replace the ones a previous start set (a merge patch
+            // replaces the list).
             node.client
                 .merge_patch(
                     &format!("/api/v1/nodes/{}", cfg.node_name),
-                    &json!({"metadata": {"labels": labels}}),
+                    &json!({"metadata": {"labels": labels}, "spec": {"taints": cfg.taints}}),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -216,6 +227,16 @@ fn delegate_cgroup() -> Result<(), String> {
 
 /// Runs the agent until its process ends: registration, the lease, the pods.
 pub async fn run(client: Client, cfg: Config) -> Result<(), String> {
+    run_on(client, cfg, None).await
+}
+
+/// [`run`], its endpoint on `listener` when given (bound early by a joining agent, so that the
+/// service's health check finds the port while it joins) instead of `Kubelet::listen`.
+pub async fn run_on(
+    client: Client,
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+) -> Result<(), String> {
     std::fs::create_dir_all(cfg.data_dir.join("pods"))
         .map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
     delegate_cgroup()?;
@@ -231,9 +252,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), String> {
     });
     let mut kubelet_port = 0;
     if let Some(k) = node.cfg.kubelet.clone() {
-        let listener = tokio::net::TcpListener::bind(k.listen)
-            .await
-            .map_err(|e| format!("the agent's endpoint on {}: {e}", k.listen))?;
+        let listener = match listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind(k.listen)
+                .await
+                .map_err(|e| format!("the agent's endpoint on {}: {e}", k.listen))?,
+        };
         kubelet_port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let paths = kubelet::Paths {
             pods: node.cfg.data_dir.join("pods"),

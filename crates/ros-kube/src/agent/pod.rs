@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use super::Node;
+use super::probe::{self, Probe, Tracker};
 use super::spec::{self, ImageConfig};
 use crate::objects::now_rfc3339;
 
@@ -67,7 +68,30 @@ struct Ctr {
     next_start: Option<Instant>,
     backoff: Duration,
     oom_before: u64,
+    liveness: Option<Tracker>,
+    readiness: Option<Tracker>,
 }
+
+impl Ctr {
+    /// Running, and ready by its readiness probe if it has one.
+    fn ready(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+            && self
+                .readiness
+                .as_ref()
+                .is_none_or(|r| r.healthy == Some(true))
+    }
+}
+
+/// Which probe a result is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Liveness,
+    Readiness,
+}
+
+/// A probe's result: container, probe, its restart count when it ran, the outcome.
+type ProbeResult = (String, Kind, u32, Result<(), String>);
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
@@ -84,6 +108,37 @@ fn pod_dir(node: &Node, pod: &Value) -> PathBuf {
 
 fn container_id(pod: &Value, name: &str) -> String {
     format!("{}-{name}", s(pod, "/metadata/uid"))
+}
+
+/// Records an Event about the pod (what `kubectl describe pod` shows), from the kubelet of
+/// this node; sent in the background, as the kubelet's event recorder does.
+fn event(
+    node: &Node,
+    pod: &Value,
+    container: Option<&str>,
+    type_: &str,
+    reason: &str,
+    message: String,
+) {
+    let ns = s(pod, "/metadata/namespace").to_string();
+    let now = now_rfc3339();
+    let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns,
+        "name": s(pod, "/metadata/name"), "uid": s(pod, "/metadata/uid")});
+    if let Some(c) = container {
+        involved["fieldPath"] = json!(format!("spec.containers{{{c}}}"));
+    }
+    let ev = json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{}.{}", s(pod, "/metadata/name"), crate::pki::random_hex(8).unwrap_or_default())},
+        "involvedObject": involved, "reason": reason, "message": message, "type": type_,
+        "source": {"component": "kubelet", "host": node.cfg.node_name},
+        "reportingComponent": "kubelet", "reportingInstance": node.cfg.node_name,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1});
+    let client = node.client.clone();
+    tokio::spawn(async move {
+        let _ = client
+            .create(&format!("/api/v1/namespaces/{ns}/events"), &ev)
+            .await;
+    });
 }
 
 fn cgroup_root() -> PathBuf {
@@ -280,6 +335,17 @@ async fn start(
     let Some((img, layers, _)) = c.image.clone() else {
         return Err("no image".into());
     };
+    let probe_of = |key: &str, liveness: bool| -> Result<Option<Probe>, String> {
+        c.spec
+            .get(key)
+            .filter(|p| !p.is_null())
+            .map(|p| Probe::from_spec(p, &c.spec, liveness).map_err(|e| format!("{key}: {e}")))
+            .transpose()
+    };
+    let (liveness, readiness) = (
+        probe_of("livenessProbe", true)?,
+        probe_of("readinessProbe", false)?,
+    );
     let cdir = dir.join("containers").join(&c.name);
     let rootfs = cdir.join("rootfs");
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -360,14 +426,14 @@ async fn start(
         .spawn()
         .map_err(|e| format!("running {}: {e}", node.cfg.runtime.display()))?;
     c.pid = child.id();
-    let log = cdir.join(format!("{}.log", c.restarts));
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .await
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let file = Arc::new(tokio::sync::Mutex::new(file));
+    prune_logs(&cdir, c.restarts);
+    let log = super::logs::Writer::open(
+        cdir.join(format!("{}.log", c.restarts)),
+        node.cfg.log_max_size,
+        node.cfg.log_max_files,
+    )
+    .await?;
+    let file = Arc::new(tokio::sync::Mutex::new(log));
     for (stream, pipe) in [
         (
             "stdout",
@@ -390,7 +456,7 @@ async fn start(
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let entry = format!("{} {stream} F {line}\n", crate::agent::micro_now());
-                let _ = file.lock().await.write_all(entry.as_bytes()).await;
+                let _ = file.lock().await.write(entry.as_bytes()).await;
             }
         });
     }
@@ -406,7 +472,155 @@ async fn start(
     c.state = State::Running {
         started: now_rfc3339(),
     };
+    let now = Instant::now();
+    c.liveness = liveness.map(|p| Tracker::new(p, now));
+    c.readiness = readiness.map(|p| Tracker::new(p, now));
+    event(
+        node,
+        pod,
+        Some(&c.name),
+        "Normal",
+        "Started",
+        format!("Started container {}", c.name),
+    );
     Ok(())
+}
+
+/// Starts the checks that are due; their results come back on `results`.
+fn run_probes(
+    node: &Node,
+    pod: &Value,
+    dir: &Path,
+    ctrs: &mut [Ctr],
+    results: &mpsc::Sender<ProbeResult>,
+) {
+    let now = Instant::now();
+    for c in ctrs.iter_mut() {
+        if !matches!(c.state, State::Running { .. }) {
+            continue;
+        }
+        let restarts = c.restarts;
+        for (kind, t) in [
+            (Kind::Liveness, c.liveness.as_mut()),
+            (Kind::Readiness, c.readiness.as_mut()),
+        ] {
+            let Some(t) = t else { continue };
+            if !t.due(now) {
+                continue;
+            }
+            t.started(now);
+            let target = probe::Target {
+                netns: dir.join("netns"),
+                runtime: node.cfg.runtime.clone(),
+                runtime_root: node.cfg.data_dir.join("runtime"),
+                container_id: container_id(pod, &c.name),
+            };
+            let (handler, timeout, name, results) = (
+                t.probe.handler.clone(),
+                t.probe.timeout,
+                c.name.clone(),
+                results.clone(),
+            );
+            tokio::spawn(async move {
+                let r = probe::check(&handler, &target, timeout).await;
+                let _ = results.send((name, kind, restarts, r)).await;
+            });
+        }
+    }
+}
+
+/// When the next probe is due, if any runs.
+fn next_probe(ctrs: &[Ctr]) -> Option<Instant> {
+    ctrs.iter()
+        .filter(|c| matches!(c.state, State::Running { .. }))
+        .flat_map(|c| [c.liveness.as_ref(), c.readiness.as_ref()])
+        .flatten()
+        .filter(|t| !t.busy)
+        .map(|t| t.next)
+        .min()
+}
+
+/// A probe's result: readiness changes the status; a liveness verdict of unhealthy stops the
+/// container (SIGTERM, SIGKILL after the grace period) for its restartPolicy to restart.
+fn probe_result(node: &Node, pod: &Value, ctrs: &mut [Ctr], r: ProbeResult) {
+    let (name, kind, restarts, result) = r;
+    let Some(c) = ctrs.iter_mut().find(|c| c.name == name) else {
+        return;
+    };
+    // A result from before a restart, or for a container no longer running, is stale.
+    if c.restarts != restarts || !matches!(c.state, State::Running { .. }) {
+        return;
+    }
+    let what = match kind {
+        Kind::Liveness => "Liveness",
+        Kind::Readiness => "Readiness",
+    };
+    if let Err(e) = &result {
+        event(
+            node,
+            pod,
+            Some(&c.name),
+            "Warning",
+            "Unhealthy",
+            format!("{what} probe failed: {e}"),
+        );
+    }
+    let tracker = match kind {
+        Kind::Liveness => c.liveness.as_mut(),
+        Kind::Readiness => c.readiness.as_mut(),
+    };
+    let Some(t) = tracker else { return };
+    if t.record(result.is_ok()) == Some(false) && kind == Kind::Liveness {
+        event(
+            node,
+            pod,
+            Some(&c.name),
+            "Normal",
+            "Killing",
+            format!(
+                "Container {} failed liveness probe, will be restarted",
+                c.name
+            ),
+        );
+        let Some(pid) = c.pid else { return };
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let grace = pod
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30);
+        let (runtime, root, id) = (
+            node.cfg.runtime.clone(),
+            node.cfg.data_dir.join("runtime"),
+            container_id(pod, &c.name),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(grace)).await;
+            // Still the same `ros-runtime run` after the grace period: SIGKILL to the container.
+            if nix::sys::signal::kill(pid, None).is_ok() {
+                let _ = tokio::process::Command::new(&runtime)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["kill", "--all", &id, "KILL"])
+                    .output()
+                    .await;
+            }
+        });
+    }
+}
+
+/// Keeps the logs of the container's current and previous run (`--previous`), as the
+/// kubelet does; older runs' logs, rotated parts included, are removed.
+fn prune_logs(cdir: &Path, restart: u32) {
+    for e in std::fs::read_dir(cdir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((n, _)) = name.split_once(".log") else {
+            continue;
+        };
+        if n.parse::<u32>().is_ok_and(|n| n + 1 < restart) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn policy_restarts(pod: &Value, code: i32) -> bool {
@@ -424,7 +638,7 @@ fn status(node: &Node, pod: &Value, ctrs: &[Ctr], started: &str) -> Value {
             let mut st = json!({"name": c.name, "image": s(&c.spec, "/image"),
                 "imageID": c.image.as_ref().map(|i| i.2.clone()).unwrap_or_default(),
                 "containerID": format!("ros-runtime://{}", container_id(pod, &c.name)),
-                "ready": matches!(c.state, State::Running { .. }),
+                "ready": c.ready(),
                 "started": matches!(c.state, State::Running { .. }),
                 "restartCount": c.restarts, "state": c.state.json()});
             if let Some(l) = &c.last {
@@ -451,9 +665,7 @@ fn status(node: &Node, pod: &Value, ctrs: &[Ctr], started: &str) -> Value {
     } else {
         "Pending"
     };
-    let ready = ctrs
-        .iter()
-        .all(|c| matches!(c.state, State::Running { .. }));
+    let ready = ctrs.iter().all(Ctr::ready);
     let t = |b: bool| if b { "True" } else { "False" };
     let old = |ty: &str| {
         pod.pointer("/status/conditions")
@@ -578,9 +790,12 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
             next_start: Some(Instant::now()),
             backoff: node.cfg.backoff_initial,
             oom_before: 0,
+            liveness: None,
+            readiness: None,
         })
         .collect();
     let (exit_tx, mut exits) = mpsc::channel::<(String, i32)>(16);
+    let (probe_tx, mut probe_results) = mpsc::channel::<ProbeResult>(16);
     let setup = async {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ns = dir.join("netns");
@@ -659,9 +874,40 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
             if c.image.is_none() {
                 let n = node.clone();
                 let name = s(&c.spec, "/image").to_string();
-                match tokio::task::spawn_blocking(move || image(&n, &name)).await {
-                    Ok(Ok(img)) => c.image = Some(img),
+                event(
+                    &node,
+                    &pod,
+                    Some(&c.name),
+                    "Normal",
+                    "Pulling",
+                    format!("Pulling image \"{name}\""),
+                );
+                let pulled = Instant::now();
+                let name2 = name.clone();
+                match tokio::task::spawn_blocking(move || image(&n, &name2)).await {
+                    Ok(Ok(img)) => {
+                        event(
+                            &node,
+                            &pod,
+                            Some(&c.name),
+                            "Normal",
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image \"{name}\" in {:.3}s",
+                                pulled.elapsed().as_secs_f64()
+                            ),
+                        );
+                        c.image = Some(img)
+                    }
                     Ok(Err(e)) => {
+                        event(
+                            &node,
+                            &pod,
+                            Some(&c.name),
+                            "Warning",
+                            "Failed",
+                            format!("Failed to pull image \"{name}\": {e}"),
+                        );
                         let reason = if c.backoff > node.cfg.backoff_initial {
                             "ImagePullBackOff"
                         } else {
@@ -685,6 +931,14 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                 }
             }
             if let Err(e) = start(&node, &pod, &dir, c, &vols, &etc, &exit_tx).await {
+                event(
+                    &node,
+                    &pod,
+                    Some(&c.name),
+                    "Warning",
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 c.state = State::Waiting {
                     reason: "CreateContainerError".into(),
                     message: e,
@@ -695,6 +949,7 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                 c.next_start = None;
             }
         }
+        run_probes(&node, &pod, &dir, &mut ctrs, &probe_tx);
         let st = status(&node, &pod, &ctrs, &started);
         if st != last_status {
             write_status(&node, &pod, &st).await;
@@ -703,11 +958,13 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
         let wake = ctrs
             .iter()
             .filter_map(|c| c.next_start)
+            .chain(next_probe(&ctrs))
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             r = rx.changed() => { if r.is_err() { closed = true; } }
+            Some(r) = probe_results.recv() => probe_result(&node, &pod, &mut ctrs, r),
             Some((name, code)) = exits.recv() => {
                 let ooms = oom_kills(&pod);
                 if let Some(c) = ctrs.iter_mut().find(|c| c.name == name) {
@@ -715,7 +972,11 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                     let reason = if ooms > c.oom_before { "OOMKilled" } else if code == 0 { "Completed" } else { "Error" };
                     let done = State::Terminated { code, reason: reason.into(), started, finished: now_rfc3339() };
                     c.pid = None;
+                    c.liveness = None;
+                    c.readiness = None;
                     if policy_restarts(&pod, code) {
+                        event(&node, &pod, Some(&c.name), "Warning", "BackOff",
+                            format!("Back-off restarting failed container {} in pod {}", c.name, s(&pod, "/metadata/name")));
                         c.last = Some(done);
                         c.restarts += 1;
                         c.state = State::Waiting { reason: "CrashLoopBackOff".into(),
