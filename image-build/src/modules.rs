@@ -38,6 +38,10 @@ pub const IMAGE_MODULES: &[&str] = &[
     "8021q",
     "bridge",
     "veth",
+    // the cluster's pods: outbound NAT with nftables (ros_config::schema::CLUSTER_MODULES)
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
     // the ACPI power button (x86) and its input events
     "button",
     "evdev",

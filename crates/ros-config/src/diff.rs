@@ -94,15 +94,14 @@ pub fn diff(before: Option<&Loaded>, after: &Loaded, ctx: &Context) -> Diff {
     if a.hostname != b.hostname {
         d.hostname = Some(b.hostname.clone());
     }
-    let loaded: BTreeSet<&ModuleName> = a.modules.iter().flatten().collect();
-    d.modules = b
-        .modules
+    let (was, will) = (a.wanted_modules(), b.wanted_modules());
+    let loaded: BTreeSet<&ModuleName> = was.iter().collect();
+    d.modules = will
         .iter()
-        .flatten()
         .filter(|m| !loaded.contains(m))
         .cloned()
         .collect();
-    let wanted: BTreeSet<&ModuleName> = b.modules.iter().flatten().collect();
+    let wanted: BTreeSet<&ModuleName> = will.iter().collect();
     if loaded.iter().any(|m| !wanted.contains(m)) {
         d.next_boot.push("modules");
     }
@@ -194,7 +193,7 @@ fn boot(after: &Loaded) -> Diff {
     let b = &after.data;
     Diff {
         hostname: Some(b.hostname.clone()),
-        modules: b.modules.clone().unwrap_or_default(),
+        modules: b.wanted_modules(),
         sysctl: Sysctls {
             set: b.sysctl.clone(),
             reset: Vec::new(),
@@ -268,6 +267,26 @@ mod tests {
             .map(|(n, s)| (n.as_str(), s.is_some()))
             .collect();
         assert_eq!(changed, [("db", false), ("new", true), ("web", true)]);
+    }
+
+    #[test]
+    fn a_cluster_role_loads_what_its_pods_need() {
+        let a = loaded("modules = [\"bonding\"]\n");
+        let b = loaded("modules = [\"bonding\"]\n[cluster]\nrole = \"server\"\n");
+        let d = diff(Some(&a), &b, &ctx());
+        let names: Vec<String> = d.modules.iter().map(|m| format!("{m:?}")).collect();
+        assert_eq!(
+            d.modules.len(),
+            crate::schema::CLUSTER_MODULES.len(),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.contains("nft_masq")), "{names:?}");
+        assert!(d.next_boot.is_empty());
+        assert_eq!(
+            diff(None, &b, &ctx()).modules.len(),
+            6,
+            "the boot loads all"
+        );
     }
 
     #[test]

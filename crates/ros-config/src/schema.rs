@@ -337,11 +337,32 @@ impl Interface {
     }
 }
 
+/// What a cluster node's pods need of the kernel: the bridge and veths of their network, and
+/// nf_tables with the NAT chain and masquerade of their outbound NAT (ros has no modprobe, so
+/// the kernel cannot load an nftables expression itself when a rule names it).
+pub const CLUSTER_MODULES: &[&str] = &["bridge", "veth", "nf_tables", "nft_chain_nat", "nft_masq"];
+
 impl UserData {
     /// Layers `higher` over `self`: a value set in `higher` wins; tables (sysctl, interfaces, dns,
     /// services) merge key by key; lists are replaced whole.
     pub fn merge(&mut self, higher: UserData) {
         self.layer(higher);
+    }
+
+    /// The modules to load: the `modules` key's, then those the config's features need (a
+    /// cluster role's [`CLUSTER_MODULES`]).
+    pub fn wanted_modules(&self) -> Vec<ModuleName> {
+        let mut out: Vec<ModuleName> = self.modules.clone().unwrap_or_default();
+        if self.cluster.role.is_some() {
+            for m in CLUSTER_MODULES {
+                if let Ok(m) = m.parse::<ModuleName>()
+                    && !out.contains(&m)
+                {
+                    out.push(m);
+                }
+            }
+        }
+        out
     }
 }
 

@@ -92,6 +92,7 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
             "/usr/bin/ros-runtime",
             "--registries",
             "/run/ros-host/registries.json",
+            "--pod-network",
         ]));
         if let Some(n) = &c.node_name {
             node_args.extend(["--node-name".to_string(), n.clone()]);

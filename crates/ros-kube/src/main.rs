@@ -41,6 +41,13 @@ struct AgentArgs {
     /// A container's log is rotated at this size (a quantity: `10Mi`).
     #[arg(long, default_value = "10Mi", value_parser = parse_size)]
     container_log_max_size: u64,
+    /// Give pods a network: a bridge, an address each from the node's pod range, outbound
+    /// NAT (loaded with `--nft`). Without it each pod has its loopback only.
+    #[arg(long)]
+    pod_network: bool,
+    /// The nftables program for the pods' NAT.
+    #[arg(long, default_value = "/usr/sbin/nft")]
+    nft: PathBuf,
     /// Log files kept per container run, the current one included.
     #[arg(long, default_value_t = ros_kube::agent::logs::DEFAULT_MAX_FILES, value_parser = clap::value_parser!(u32).range(1..=100))]
     container_log_max_files: u32,
@@ -95,6 +102,7 @@ impl AgentArgs {
             taints: self.taints.clone(),
             log_max_size: self.container_log_max_size,
             log_max_files: self.container_log_max_files,
+            pod_network: self.pod_network.then(|| self.nft.clone()),
             kubelet: Some(ros_kube::agent::Kubelet {
                 listen: "0.0.0.0:10250".parse().map_err(|e| format!("{e}"))?,
                 ca_pem: String::new(),

@@ -77,6 +77,8 @@ fn start() -> Node {
             // Small, so that a test's pod rotates its log.
             log_max_size: 64 << 10,
             log_max_files: 5,
+            // Loopback only: these tests run on the CI host, whose network they leave alone.
+            pod_network: None,
             address: Some("127.0.0.1".into()),
             kubelet: Some(ros_kube::agent::Kubelet {
                 listen: "127.0.0.1:0".parse().unwrap(),

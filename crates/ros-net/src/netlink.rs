@@ -80,6 +80,117 @@ impl Net {
             .map_err(nl(format!("setting link {index} up")))
     }
 
+    /// The index of the link named `name`, if there is one.
+    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, NetError> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| l.index))
+    }
+
+    /// A bridge named `name` (made if missing, and up); its index.
+    pub async fn ensure_bridge(&self, name: &str) -> Result<u32, NetError> {
+        if let Some(i) = self.index_of(name).await? {
+            self.set_up(i).await?;
+            return Ok(i);
+        }
+        match self
+            .handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(name).build())
+            .execute()
+            .await
+        {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            r => r.map_err(nl(format!("making bridge {name}")))?,
+        }
+        let i = self
+            .index_of(name)
+            .await?
+            .ok_or_else(|| NetError::Netlink {
+                what: format!("bridge {name} made but not found"),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        self.set_up(i).await?;
+        Ok(i)
+    }
+
+    /// A veth pair, `name` here and `peer` its other end; their indexes.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(u32, u32), NetError> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(nl(format!("making veth pair {name}/{peer}")))?;
+        let links = self.links().await?;
+        let find = |n: &str| {
+            links
+                .iter()
+                .find(|l| l.name == n)
+                .map(|l| l.index)
+                .ok_or_else(|| NetError::Netlink {
+                    what: format!("veth {n} made but not found"),
+                    source: rtnetlink::Error::RequestFailed,
+                })
+        };
+        Ok((find(name)?, find(peer)?))
+    }
+
+    /// Removes a link; one already gone is not an error.
+    pub async fn del_link(&self, index: u32) -> Result<(), NetError> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            r => r.map_err(nl(format!("removing link {index}"))),
+        }
+    }
+
+    /// Makes link `index` a port of bridge `bridge`, and up.
+    pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("attaching link {index} to bridge {bridge}")))
+    }
+
+    /// Moves link `index` into the network namespace open at `fd`.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), NetError> {
+        use std::os::fd::AsRawFd;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(fd.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("moving link {index} to another namespace")))
+    }
+
+    /// Renames link `index` (it must be down).
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(name).build())
+            .execute()
+            .await
+            .map_err(nl(format!("renaming link {index} to {name}")))
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
         self.handle
             .link()

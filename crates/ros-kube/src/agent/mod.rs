@@ -16,6 +16,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod netns;
 pub mod pod;
+pub mod podnet;
 pub mod probe;
 pub mod spec;
 
@@ -48,6 +49,9 @@ pub struct Config {
     pub log_max_size: u64,
     /// ...and this many files (the current one included) are kept per run.
     pub log_max_files: u32,
+    /// The pods' network (a bridge, an address each, outbound NAT loaded with this `nft`);
+    /// none: each pod has its loopback only.
+    pub pod_network: Option<PathBuf>,
     /// The node's address as the cluster reaches it (the InternalIP).
     pub address: Option<String>,
     /// The agent's own endpoint (logs for the API server): where it listens, with the CA and
@@ -71,6 +75,8 @@ pub struct Node {
     pub template: Value,
     pub images: Arc<ros_registry::Store>,
     pub registry: Arc<ros_registry::Client>,
+    /// Set once the Node has its pod range (before any pod starts).
+    pub podnet: std::sync::OnceLock<podnet::PodNet>,
 }
 
 fn cpus() -> usize {
@@ -249,6 +255,7 @@ pub async fn run_on(
         template,
         images: Arc::new(images),
         registry: Arc::new(registry),
+        podnet: std::sync::OnceLock::new(),
     });
     let mut kubelet_port = 0;
     if let Some(k) = node.cfg.kubelet.clone() {
@@ -279,8 +286,41 @@ pub async fn run_on(
         delay = (delay * 2).min(Duration::from_secs(10));
     }
     tokio::spawn(heartbeat(node.clone()));
+    if let Some(nft) = node.cfg.pod_network.clone() {
+        let cidr = pod_cidr(&node).await;
+        let net = podnet::PodNet::setup(cidr, &node.cfg.data_dir, &nft).await?;
+        eprintln!(
+            "ros-kube agent: pods' network {cidr} on {} (gateway {})",
+            podnet::BRIDGE,
+            net.gateway
+        );
+        let _ = node.podnet.set(net);
+    }
     pods(node).await;
     Ok(())
+}
+
+/// The pod range the server gave this node (waiting for it).
+async fn pod_cidr(node: &Node) -> ipnet::Ipv4Net {
+    let mut said = false;
+    loop {
+        if let Ok(n) = node
+            .client
+            .get(&format!("/api/v1/nodes/{}", node.cfg.node_name))
+            .await
+            && let Some(c) = n.pointer("/spec/podCIDR").and_then(Value::as_str)
+        {
+            match c.parse() {
+                Ok(c) => return c,
+                Err(e) => eprintln!("ros-kube agent: the node's podCIDR {c:?}: {e}"),
+            }
+        }
+        if !said {
+            eprintln!("ros-kube agent: waiting for the server to give this node a pod range");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The runtime's default spec, the template of every container's config.json.

@@ -631,7 +631,13 @@ fn policy_restarts(pod: &Value, code: i32) -> bool {
     }
 }
 
-fn status(node: &Node, pod: &Value, ctrs: &[Ctr], started: &str) -> Value {
+fn status(
+    node: &Node,
+    pod: &Value,
+    ctrs: &[Ctr],
+    started: &str,
+    pod_ip: Option<std::net::Ipv4Addr>,
+) -> Value {
     let statuses: Vec<Value> = ctrs
         .iter()
         .map(|c| {
@@ -690,6 +696,10 @@ fn status(node: &Node, pod: &Value, ctrs: &[Ctr], started: &str) -> Value {
     if let Some(a) = &node.cfg.address {
         st["hostIP"] = json!(a);
         st["hostIPs"] = json!([{"ip": a}]);
+    }
+    if let Some(ip) = pod_ip {
+        st["podIP"] = json!(ip.to_string());
+        st["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
     st
 }
@@ -755,7 +765,10 @@ async fn stop_all(
     }
 }
 
-fn cleanup(dir: &Path, ctrs: &[Ctr]) {
+fn cleanup(node: &Node, pod: &Value, dir: &Path, ctrs: &[Ctr]) {
+    if let Some(net) = node.podnet.get() {
+        net.release(s(pod, "/metadata/uid"));
+    }
     for c in ctrs {
         let _ = nix::mount::umount2(
             &dir.join("containers").join(&c.name).join("rootfs"),
@@ -806,6 +819,18 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
         let vols = volumes(&node, &pod, &dir).await?;
         Ok::<_, String>((etc, vols))
     };
+    // The pod's address on the node's bridge, when pods have a network.
+    let mut pod_ip: Option<std::net::Ipv4Addr> = None;
+    let setup = async {
+        let r = setup.await?;
+        if let Some(net) = node.podnet.get() {
+            let uid = s(&pod, "/metadata/uid");
+            let ip = net.allocate(uid)?;
+            pod_ip = Some(ip);
+            net.attach(&dir.join("netns"), uid, ip).await?;
+        }
+        Ok::<_, String>(r)
+    };
     let (etc, vols) = match setup.await {
         Ok(x) => x,
         Err(e) => {
@@ -815,7 +840,7 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                     message: e.clone(),
                 };
             }
-            write_status(&node, &pod, &status(&node, &pod, &ctrs, &started)).await;
+            write_status(&node, &pod, &status(&node, &pod, &ctrs, &started, pod_ip)).await;
             // Wait for the pod to go, then clean up what was made.
             while rx.changed().await.is_ok() {
                 if rx
@@ -826,7 +851,7 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                     break;
                 }
             }
-            cleanup(&dir, &ctrs);
+            cleanup(&node, &pod, &dir, &ctrs);
             finish(&node, &pod).await;
             return;
         }
@@ -841,6 +866,10 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                 .is_none_or(|p| p.pointer("/metadata/deletionTimestamp").is_some());
         if let Some(p) = rx.borrow().clone() {
             pod = p;
+            // Known here before the API has it: for env's fieldRef status.podIP.
+            if let Some(ip) = pod_ip {
+                pod["status"]["podIP"] = json!(ip.to_string());
+            }
         }
         if gone {
             let grace = pod
@@ -860,7 +889,7 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
                 Duration::from_secs(grace),
             )
             .await;
-            cleanup(&dir, &ctrs);
+            cleanup(&node, &pod, &dir, &ctrs);
             finish(&node, &pod).await;
             let _ = std::fs::remove_dir_all(&dir);
             return;
@@ -950,7 +979,7 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
             }
         }
         run_probes(&node, &pod, &dir, &mut ctrs, &probe_tx);
-        let st = status(&node, &pod, &ctrs, &started);
+        let st = status(&node, &pod, &ctrs, &started, pod_ip);
         if st != last_status {
             write_status(&node, &pod, &st).await;
             last_status = st;

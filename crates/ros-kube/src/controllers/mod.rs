@@ -4,6 +4,7 @@
 //! garbage collection by ownerReferences, and the nodes' lifecycle (a node whose Lease lapses
 //! turns NotReady, and its pods are replaced elsewhere after a grace period).
 
+pub mod podcidr;
 pub mod scheduler;
 pub mod workloads;
 
@@ -27,6 +28,8 @@ pub struct Settings {
     pub node_lease_timeout: Duration,
     /// Pods on a NotReady node are deleted (and replaced) after this.
     pub pod_eviction_grace: Duration,
+    /// The pods' addresses: each node is given a /24 of it (its `spec.podCIDR`).
+    pub cluster_cidr: ipnet::Ipv4Net,
 }
 
 impl Default for Settings {
@@ -34,6 +37,7 @@ impl Default for Settings {
         Settings {
             node_lease_timeout: Duration::from_secs(40),
             pod_eviction_grace: Duration::from_secs(300),
+            cluster_cidr: podcidr::DEFAULT_CLUSTER_CIDR,
         }
     }
 }
@@ -512,6 +516,47 @@ async fn nodes_loop(api: Arc<Api>, settings: Settings) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        // Each node without a pod range is given the lowest free one.
+        let mut taken = podcidr::taken(&nodes);
+        for node in nodes
+            .iter()
+            .filter(|n| n.pointer("/spec/podCIDR").is_none())
+        {
+            let Some(cidr) = podcidr::allocate(settings.cluster_cidr, &taken) else {
+                record(
+                    &api,
+                    node,
+                    "Warning",
+                    "CIDRNotAvailable",
+                    &format!(
+                        "Node {} gets no pod range: every /24 of {} is taken",
+                        name_of(node),
+                        settings.cluster_cidr
+                    ),
+                    "node-ipam-controller",
+                )
+                .await;
+                continue;
+            };
+            let patch =
+                json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+            if api
+                .objects
+                .patch(
+                    nr,
+                    None,
+                    name_of(node),
+                    PatchType::Merge,
+                    &patch,
+                    None,
+                    FieldValidation::Ignore,
+                )
+                .await
+                .is_ok()
+            {
+                taken.insert(cidr);
+            }
+        }
         for node in nodes {
             let name = name_of(&node).to_string();
             let renewed = api
