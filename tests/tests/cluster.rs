@@ -272,6 +272,70 @@ fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
     }
     let running = n.ok(&["get", "pods", "-l", "app=web", "-o", "wide"], None)?;
     ensure!(running.matches("Running").count() == 2, "{running}");
+    // Each pod has an address of the node's range on its bridge, and reaches the other's.
+    let cidr = n.ok(
+        &["get", "node", "-o", "jsonpath={.items[0].spec.podCIDR}"],
+        None,
+    )?;
+    ensure!(cidr == "10.42.0.0/24", "the node's pod range: {cidr}");
+    let p = pods(&n)?;
+    let (a, b) = (&p[0], &p[1]);
+    let (name_a, name_b) = (
+        a["metadata"]["name"].as_str().unwrap_or(""),
+        b["metadata"]["name"].as_str().unwrap_or(""),
+    );
+    let (ip_a, ip_b) = (
+        a["status"]["podIP"].as_str().unwrap_or(""),
+        b["status"]["podIP"].as_str().unwrap_or(""),
+    );
+    ensure!(
+        ip_a.starts_with("10.42.0.") && ip_b.starts_with("10.42.0.") && ip_a != ip_b,
+        "pod addresses {ip_a} {ip_b}"
+    );
+    n.ok(
+        &[
+            "exec",
+            name_a,
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-p",
+            "8080",
+            "-h",
+            "/etc",
+        ],
+        None,
+    )?;
+    let got = n.ok(
+        &[
+            "exec",
+            name_b,
+            "--",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{ip_a}:8080/hostname"),
+        ],
+        None,
+    )?;
+    ensure!(
+        got.trim() == name_a,
+        "pod {name_b} reached {got:?} at {ip_a}"
+    );
+    // Out of the node through its NAT: the host's registry.
+    let got = n.ok(
+        &[
+            "exec",
+            name_b,
+            "--",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{host}/v2/"),
+        ],
+        None,
+    )?;
+    ensure!(got.trim() == "{}", "the registry from a pod: {got:?}");
     // Its output, through the server from the node's agent.
     let first = pods(&n)?[0]["metadata"]["name"]
         .as_str()
@@ -456,14 +520,39 @@ fn server_keeps_acknowledged_writes_through_a_hard_power_off() -> Result<()> {
     Ok(())
 }
 
+/// The server and its agent on aarch64: the API, and a pod from the host registry (arm64
+/// busybox) running with an address of the node's range and its log through the server.
 #[test]
 fn server_smoke_on_aarch64() -> Result<()> {
-    let n = boot(
+    let registry = ros_tests::registry::Registry::start(&Default::default())?;
+    let image_dir = ros_tests::image(Arch::Aarch64)?;
+    registry.push(&image_dir.join("oci"), "busybox", "busybox")?;
+    let reg = format!("10.0.2.2:{}", registry.port);
+    let n = boot_with(
         Arch::Aarch64,
         None,
         tempfile::tempdir()?,
         Arc::new(SshKey::new()?),
+        &format!("\n[registries.mirrors.\"{reg}\"]\nendpoints = [\"http://{reg}\"]\n"),
     )?;
+    n.ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: arm}}\nspec:\n  containers:\n  - name: c\n    image: {reg}/busybox:busybox\n    command: [\"/bin/sh\", \"-c\", \"uname -m; exec sleep 3600\"]\n"
+        )),
+    )?;
+    n.ok(
+        &["wait", "--for=condition=Ready", "pod/arm", "--timeout=180s"],
+        None,
+    )?;
+    let ip = n.ok(
+        &["get", "pod", "arm", "-o", "jsonpath={.status.podIP}"],
+        None,
+    )?;
+    ensure!(ip.starts_with("10.42.0."), "podIP {ip}");
+    wait("the pod's log", 30, || {
+        Ok(n.ok(&["logs", "arm"], None)? == "aarch64\n")
+    })?;
     let ns = n.ok(&["get", "namespaces"], None)?;
     ensure!(ns.contains("kube-node-lease"), "{ns}");
     n.ok(
@@ -606,6 +695,42 @@ fn a_second_machine_joins_with_the_token_and_runs_pods() -> Result<()> {
         None,
     )?;
     ensure!(host_ip == "192.168.76.2", "hostIP {host_ip}");
+    // Its own pod range, its own bridge, NAT out of its node.
+    let (ra, rb) = (
+        a.ok(
+            &["get", "node", "node-a", "-o", "jsonpath={.spec.podCIDR}"],
+            None,
+        )?,
+        a.ok(
+            &["get", "node", "node-b", "-o", "jsonpath={.spec.podCIDR}"],
+            None,
+        )?,
+    );
+    ensure!(
+        ra == "10.42.0.0/24" && rb == "10.42.1.0/24",
+        "pod ranges {ra} {rb}"
+    );
+    let pod_ip = a.ok(
+        &["get", "pod", "on-b", "-o", "jsonpath={.status.podIP}"],
+        None,
+    )?;
+    ensure!(pod_ip.starts_with("10.42.1."), "podIP {pod_ip}");
+    let got = a.ok(
+        &[
+            "exec",
+            "on-b",
+            "--",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{reg}/v2/"),
+        ],
+        None,
+    )?;
+    ensure!(
+        got.trim() == "{}",
+        "the registry from a pod on node-b: {got:?}"
+    );
     wait("the pod's log through the server", 60, || {
         Ok(a.kubectl(&["logs", "on-b"], None)?.1 == "hello from b\n")
     })?;
