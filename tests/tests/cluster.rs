@@ -344,6 +344,30 @@ fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
     wait("the pod's log", 30, || {
         Ok(n.ok(&["logs", &first], None)? == "up\n")
     })?;
+    // The cluster service restarted (as after a crash): its pods run again, started anew.
+    let started = |p: &Value| {
+        p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let before: Vec<String> = pods(&n)?.iter().map(started).collect();
+    let (code, out) = n
+        .key
+        .ros(n.ssh, "service restart cluster", Duration::from_secs(60))?;
+    ensure!(code == 0, "restarting the cluster service: {out}");
+    wait("the pods Running again after the restart", 180, || {
+        // The API is away while its server restarts.
+        let Ok(p) = pods(&n) else { return Ok(false) };
+        Ok(p.len() == 2
+            && p.iter().all(|p| {
+                let s = started(p);
+                !s.is_empty() && !before.contains(&s) && p["status"]["podIP"].is_string()
+            }))
+    })?;
+    wait("the pod's log after the restart", 60, || {
+        Ok(n.kubectl(&["logs", &first], None)?.1 == "up\n")
+    })?;
     // exec over WebSocket v5 with the program's exit code.
     let (ok, out, err) = n.kubectl(
         &["exec", &first, "--", "/bin/sh", "-c", "echo in-pod; exit 3"],
@@ -653,6 +677,13 @@ fn a_second_machine_joins_with_the_token_and_runs_pods() -> Result<()> {
     wait("the refusal in the server's log", 30, || {
         Ok(service_log(&key, ssh_a)?.contains("join refused: 192.168.76.2"))
     })?;
+    let (_, st) = key.ros(ssh_b, "cluster status", Duration::from_secs(30))?;
+    ensure!(
+        st.contains("role: agent")
+            && st.contains("state: refused")
+            && st.contains("the join token is wrong"),
+        "ros cluster status on the agent: {st}"
+    );
     ensure!(
         !a.ok(&["get", "nodes"], None)?.contains("node-b"),
         "no node joined with the wrong token"
@@ -668,6 +699,16 @@ fn a_second_machine_joins_with_the_token_and_runs_pods() -> Result<()> {
     ensure!(
         service_log(&key, ssh_a)?.contains("node node-b joined from 192.168.76.2"),
         "the server logs the join"
+    );
+    let (_, st) = key.ros(ssh_b, "cluster status", Duration::from_secs(30))?;
+    ensure!(
+        st.contains("state: joined") && st.contains("server: https://192.168.76.1:6443"),
+        "ros cluster status on the agent: {st}"
+    );
+    let (code, out) = key.ros(ssh_b, "cluster kubeconfig", Duration::from_secs(30))?;
+    ensure!(
+        code != 0 && out.contains("this machine is an agent of https://192.168.76.1:6443"),
+        "{out}"
     );
     let ip: String = a.ok(
         &[

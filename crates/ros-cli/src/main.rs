@@ -202,6 +202,18 @@ fn cluster_dir() -> std::path::PathBuf {
     std::env::var_os("ROS_CLUSTER_DIR").map_or_else(|| "/run/ros/cluster".into(), Into::into)
 }
 
+/// The server this machine is an agent of, when it is one (its published status says so).
+fn agent_of(dir: &std::path::Path) -> Option<String> {
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).ok()?).ok()?;
+    (st.get("role")?.as_str()? == "agent").then(|| {
+        st.get("server")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
 fn cluster(c: &ClusterCmd) -> Result<(), u8> {
     let dir = cluster_dir();
     let read = |name: &str| {
@@ -218,6 +230,13 @@ fn cluster(c: &ClusterCmd) -> Result<(), u8> {
         })
     };
     match c {
+        ClusterCmd::Kubeconfig { .. } | ClusterCmd::Token if agent_of(&dir).is_some() => {
+            eprintln!(
+                "ros: this machine is an agent of {}; the kubeconfig and the token are on that server (`ros cluster kubeconfig` there)",
+                agent_of(&dir).unwrap_or_default()
+            );
+            return Err(1);
+        }
         ClusterCmd::Kubeconfig { server } => {
             let mut kc = read("kubeconfig")?;
             if let Some(s) = server {
@@ -254,6 +273,14 @@ fn cluster(c: &ClusterCmd) -> Result<(), u8> {
                     .unwrap_or_default()
             };
             println!("role: {}", g("role"));
+            if g("role") == "agent" {
+                println!("server: {}", g("server"));
+                println!("node: {}", g("node"));
+                println!("state: {}", g("state"));
+                println!("message: {}", g("message"));
+                println!("updated: {}", g("updated"));
+                return Ok(());
+            }
             println!("api: {}", g("api"));
             println!("version: {}", g("version"));
             println!("nodes: {} ({} ready)", g("nodes"), g("nodes_ready"));

@@ -195,6 +195,8 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
                 c.server.as_deref().unwrap_or_default(),
                 "--data-dir",
                 "/var/lib/ros-kube",
+                "--publish",
+                "/run/ros/cluster",
             ]);
             cmd.extend(node_args);
             s.command = Some(cmd);

@@ -153,6 +153,10 @@ enum Cmd {
         token: Option<String>,
         #[arg(long, default_value = "/var/lib/ros/cluster")]
         data_dir: PathBuf,
+        /// Write status.json here (what `ros cluster status` shows): joining, joined or
+        /// refused, and why.
+        #[arg(long)]
+        publish: Option<PathBuf>,
         #[command(flatten)]
         agent_args: AgentArgs,
     },
@@ -231,8 +235,9 @@ fn main() -> ExitCode {
             server,
             token,
             data_dir,
+            publish,
             agent_args,
-        } => agent(&server, token, data_dir, &agent_args),
+        } => agent(&server, token, data_dir, publish, &agent_args),
         Cmd::Kubeconfig { data_dir, server } => {
             match ros_kube::pki::Pki::open(&data_dir.join("pki"))
                 .and_then(|p| p.kubeconfig(&server))
@@ -253,8 +258,32 @@ fn main() -> ExitCode {
 
 /// `ros-kube agent`: join (trying again while the server cannot be reached; a refusal ends
 /// the process, whose supervisor starts it again later), then run the node.
-fn agent(server: &str, token: Option<String>, data_dir: PathBuf, args: &AgentArgs) -> ExitCode {
+fn agent(
+    server: &str,
+    token: Option<String>,
+    data_dir: PathBuf,
+    publish: Option<PathBuf>,
+    args: &AgentArgs,
+) -> ExitCode {
+    let node_name = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let status = move |state: &str, message: &str| {
+        if let Some(dir) = &publish {
+            let st = serde_json::json!({"role": "agent", "server": server, "node": node_name,
+                "state": state, "message": message, "updated": ros_kube::objects::now_rfc3339()});
+            let _ = std::fs::create_dir_all(dir);
+            let _ = ros_kube::pki::write_atomic(
+                &dir.join("status.json"),
+                st.to_string().as_bytes(),
+                0o644,
+            );
+        }
+    };
     let fail = |m: &str| {
+        status("refused", m);
         eprintln!("ros-kube agent: {m}");
         ExitCode::FAILURE
     };
@@ -299,6 +328,7 @@ fn agent(server: &str, token: Option<String>, data_dir: PathBuf, args: &AgentArg
                 Ok(j) => break j,
                 Err(ros_kube::join::JoinError::Refused(m)) => return fail(&m),
                 Err(ros_kube::join::JoinError::Unreachable(m)) => {
+                    status("joining", &m);
                     eprintln!("ros-kube agent: joining: {m}; trying again in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -308,6 +338,10 @@ fn agent(server: &str, token: Option<String>, data_dir: PathBuf, args: &AgentArg
         eprintln!(
             "ros-kube agent: joined {server} as node {} ({})",
             cfg.node_name, joined.address
+        );
+        status(
+            "joined",
+            &format!("node {} at {}", cfg.node_name, joined.address),
         );
         cfg.address = Some(joined.address.to_string());
         if let Some(k) = cfg.kubelet.as_mut() {

@@ -72,8 +72,10 @@ fn start() -> Node {
             registries,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(4),
-            labels: Default::default(),
-            taints: vec![],
+            labels: [("example.com/rack".to_string(), "r1".to_string())].into(),
+            taints: vec![
+                serde_json::json!({"key": "example.com/slow", "effect": "PreferNoSchedule"}),
+            ],
             // Small, so that a test's pod rotates its log.
             log_max_size: 64 << 10,
             log_max_files: 5,
@@ -164,6 +166,8 @@ fn pods_run_log_restart_and_stop() {
     });
     let node = n.json(&["get", "node", "node-a"]);
     assert_eq!(node["status"]["nodeInfo"]["osImage"], "ros");
+    assert_eq!(node["metadata"]["labels"]["example.com/rack"], "r1");
+    assert_eq!(node["spec"]["taints"][0]["key"], "example.com/slow");
     assert!(node["status"]["capacity"]["cpu"].is_string());
     n.ok(
         &[

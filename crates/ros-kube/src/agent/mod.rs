@@ -245,6 +245,11 @@ pub async fn run_on(
 ) -> Result<(), String> {
     std::fs::create_dir_all(cfg.data_dir.join("pods"))
         .map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
+    // The containers of an earlier run of this agent ended with it: their cgroups are below
+    // the service's, which its supervisor kills whole when it stops. Their state in the
+    // runtime's folder would only make the same ids refuse to start again; the pods' folders
+    // stay (their logs are `--previous`'s).
+    let _ = std::fs::remove_dir_all(cfg.data_dir.join("runtime"));
     delegate_cgroup()?;
     let template = runtime_template(&cfg).await?;
     let images = ros_registry::Store::open(&cfg.data_dir.join("images"))?;

@@ -609,6 +609,22 @@ fn probe_result(node: &Node, pod: &Value, ctrs: &mut [Ctr], r: ProbeResult) {
     }
 }
 
+/// How many runs of a container have a log in its folder (the next run's number).
+fn runs_logged(cdir: &Path) -> u32 {
+    std::fs::read_dir(cdir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".log")
+                .and_then(|n| n.parse::<u32>().ok())
+        })
+        .max()
+        .map_or(0, |n| n + 1)
+}
+
 /// Keeps the logs of the container's current and previous run (`--previous`), as the
 /// kubelet does; older runs' logs, rotated parts included, are removed.
 fn prune_logs(cdir: &Path, restart: u32) {
@@ -807,6 +823,12 @@ pub async fn worker(node: Arc<Node>, mut rx: watch::Receiver<Option<Value>>) {
             readiness: None,
         })
         .collect();
+    // A pod this node ran before the agent restarted (its containers ended with the agent's
+    // service): its containers' runs go on counting, so that their logs stay apart and the
+    // restart shows.
+    for c in ctrs.iter_mut() {
+        c.restarts = runs_logged(&dir.join("containers").join(&c.name));
+    }
     let (exit_tx, mut exits) = mpsc::channel::<(String, i32)>(16);
     let (probe_tx, mut probe_results) = mpsc::channel::<ProbeResult>(16);
     let setup = async {

@@ -179,8 +179,51 @@ pub fn bench(pods: usize, objects: usize) -> Result<()> {
 /// once before the runs) to `kubectl rollout status` reporting it complete, all N Running; the
 /// deployment is deleted and its pods gone between runs. Then the cluster process's memory
 /// with the pods running (server and agent are one process: VmRSS and VmHWM).
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+/// kubectl 1.32 with this kubeconfig and HOME; its output, or its error.
+fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut c = Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(s), Some(mut i)) = (stdin, c.stdin.take()) {
+        i.write_all(s.as_bytes())?;
+    }
+    let o = c.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The cluster service's process memory in a guest (VmRSS, VmHWM in KiB).
+fn service_rss(key: &ros_tests::SshKey, ssh: u16) -> Result<(u64, u64)> {
+    let mem = key.run(
+        ssh,
+        "ros service exec cluster -- /bin/sh -c 'grep -E \"VmRSS|VmHWM\" /proc/$(pidof ros-kube)/status'",
+        Duration::from_secs(60),
+    )?;
+    let field = |name: &str| {
+        mem.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
 pub fn apply(arch: ros_image::Arch, replicas: u32, runs: usize) -> Result<()> {
-    let kubectl = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
     let registry = ros_tests::registry::Registry::start(&Default::default())?;
     let image_dir = ros_tests::image(arch)?;
     registry.push(&image_dir.join("oci"), "busybox", "busybox")?;
@@ -218,30 +261,7 @@ pub fn apply(arch: ros_image::Arch, replicas: u32, runs: usize) -> Result<()> {
     };
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, kc)?;
-    let k = |args: &[&str], stdin: Option<&str>| -> Result<String> {
-        use std::io::Write;
-        let mut c = Command::new(kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .env("HOME", dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let (Some(s), Some(mut i)) = (stdin, c.stdin.take()) {
-            i.write_all(s.as_bytes())?;
-        }
-        let o = c.wait_with_output()?;
-        if !o.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    };
+    let k = |args: &[&str], stdin: Option<&str>| kubectl(&kubeconfig, dir.path(), args, stdin);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !k(&["get", "nodes"], None)
         .unwrap_or_default()
@@ -283,18 +303,7 @@ pub fn apply(arch: ros_image::Arch, replicas: u32, runs: usize) -> Result<()> {
             run + 1
         );
         times.push(s);
-        let mem = key.run(
-            ssh,
-            "ros service exec cluster -- /bin/sh -c 'grep -E \"VmRSS|VmHWM\" /proc/$(pidof ros-kube)/status'",
-            Duration::from_secs(60),
-        )?;
-        let field = |name: &str| {
-            mem.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        rss = (field("VmRSS:"), field("VmHWM:"));
+        rss = service_rss(&key, ssh)?;
         k(&["delete", "deployment", "bench", "--wait=true"], None)?;
         let deadline = Instant::now() + Duration::from_secs(300);
         while !k(&["get", "pods", "-l", "app=bench", "--no-headers"], None)?
@@ -323,6 +332,120 @@ pub fn apply(arch: ros_image::Arch, replicas: u32, runs: usize) -> Result<()> {
         rss.0 as f64 / 1024.0,
         rss.1,
         rss.1 as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Two guests on one L2 segment: a server (with its own agent) and a machine joined as an
+/// agent. The agent process's memory with no pods of its own, then with `pods` pods on it;
+/// the server's process (server and its node's agent) read the same way, in the same run.
+pub fn agent(arch: ros_image::Arch, pods: u32) -> Result<()> {
+    let registry = ros_tests::registry::Registry::start(&Default::default())?;
+    let image_dir = ros_tests::image(arch)?;
+    registry.push(&image_dir.join("oci"), "busybox", "busybox")?;
+    let reg = format!("10.0.2.2:{}", registry.port);
+    let key = ros_tests::SshKey::new()?;
+    let segment = format!("230.0.0.1:{}", ros_tests::free_port()?);
+    let dir = tempfile::tempdir()?;
+    let spawn = |name: &str,
+                 mac: &str,
+                 ip: &str,
+                 cluster: &str|
+     -> Result<(ros_qemu::Guest, u16, u16)> {
+        let (ssh, api) = (ros_tests::free_port()?, ros_tests::free_port()?);
+        let ud = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &ud,
+            format!(
+                "ssh_authorized_keys = [\"{}\"]\nhostname = \"{name}\"\n\n[network.interfaces.eth0]\ndhcp4 = true\n\n[network.interfaces.lan]\nmac = \"{mac}\"\naddresses = [\"{ip}/24\"]\n\n[registries.mirrors.\"{reg}\"]\nendpoints = [\"http://{reg}\"]\n\n[cluster]\n{cluster}",
+                key.public
+            ),
+        )?;
+        let mut cfg = ros_tests::config(arch)?;
+        cfg.user_data = Some(ud);
+        cfg.forwards = vec![(ssh, 22), (api, 6443)];
+        cfg.memory_mib = 1024;
+        cfg.extra_nics = vec![ros_qemu::Nic {
+            mac: mac.into(),
+            net: ros_qemu::NicNet::Mcast(segment.clone()),
+        }];
+        let g = ros_qemu::Guest::spawn(&cfg)?;
+        g.wait_ready(ros_tests::READY_TIMEOUT)?;
+        Ok((g, ssh, api))
+    };
+    let (_a, ssh_a, api_a) = spawn(
+        "node-a",
+        "52:54:00:12:34:71",
+        "192.168.77.1",
+        "role = \"server\"\nnode_ip = \"192.168.77.1\"\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (kc, token) = loop {
+        if let (Ok((0, kc)), Ok((0, token))) = (
+            key.ros(
+                ssh_a,
+                &format!("cluster kubeconfig --server 127.0.0.1:{api_a}"),
+                Duration::from_secs(60),
+            ),
+            key.ros(ssh_a, "cluster token", Duration::from_secs(60)),
+        ) && kc.contains("current-context")
+        {
+            break (kc, token.trim().to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("the server's cluster did not come up");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kc)?;
+    let k = |args: &[&str], stdin: Option<&str>| kubectl(&kubeconfig, dir.path(), args, stdin);
+    let (_b, ssh_b, _) = spawn(
+        "node-b",
+        "52:54:00:12:34:72",
+        "192.168.77.2",
+        &format!("role = \"agent\"\nserver = \"https://192.168.77.1:6443\"\ntoken = \"{token}\"\n"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !k(&["get", "nodes"], None)?
+        .lines()
+        .any(|l| l.starts_with("node-b ") && l.contains(" Ready "))
+    {
+        if Instant::now() > deadline {
+            bail!("node-b did not join");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Settled: a few heartbeats after joining.
+    std::thread::sleep(Duration::from_secs(15));
+    let idle_agent = service_rss(&key, ssh_b)?;
+    let idle_server = service_rss(&key, ssh_a)?;
+    let dep = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: bench}}\nspec:\n  replicas: {pods}\n  selector: {{matchLabels: {{app: bench}}}}\n  template:\n    metadata: {{labels: {{app: bench}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: node-b}}\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: {reg}/busybox:busybox\n        command: [\"/bin/sleep\", \"3600\"]\n"
+    );
+    k(&["apply", "-f", "-"], Some(&dep))?;
+    k(
+        &["rollout", "status", "deployment/bench", "--timeout=600s"],
+        None,
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    let busy_agent = service_rss(&key, ssh_b)?;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!("a joined agent ({arch:?} guests, TCG, 1 vCPU, 1 GiB each, one L2 segment)");
+    println!(
+        "  agent process, no pods: VmRSS {:.1} MiB (VmHWM {:.1} MiB)",
+        mib(idle_agent.0),
+        mib(idle_agent.1)
+    );
+    println!(
+        "  agent process, {pods} pods Running on it: VmRSS {:.1} MiB (VmHWM {:.1} MiB)",
+        mib(busy_agent.0),
+        mib(busy_agent.1)
+    );
+    println!(
+        "  baseline, same run: the server's process (server and its own node's agent, no pods): VmRSS {:.1} MiB (VmHWM {:.1} MiB)",
+        mib(idle_server.0),
+        mib(idle_server.1)
     );
     Ok(())
 }

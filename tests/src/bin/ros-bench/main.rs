@@ -93,6 +93,14 @@ enum Cli {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Two QEMU guests, a server and a joined agent: the agent process's memory without pods
+    /// and with `--pods` pods, the server's process beside it.
+    KubeAgent {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 10)]
+        pods: u32,
+    },
     /// Validating worst-case user-data (up to the 1 MiB cap) on the host, against parsing the
     /// same text with toml_edit alone.
     Config {
@@ -230,6 +238,7 @@ fn main() -> Result<()> {
             replicas,
             runs,
         } => return kube::apply(arch, replicas, runs),
+        Cli::KubeAgent { arch, pods } => return kube::agent(arch, pods),
     };
     let image = ros_tests::image(arch)?;
     ros_tests::null_image(arch)?;
