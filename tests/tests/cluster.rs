@@ -306,35 +306,15 @@ fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
         ],
         None,
     )?;
-    let got = n.ok(
-        &[
-            "exec",
-            name_b,
-            "--",
-            "wget",
-            "-q",
-            "-O-",
-            &format!("http://{ip_a}:8080/hostname"),
-        ],
-        None,
-    )?;
+    // What pod B fetches from a URL.
+    let fetch = |url: &str| n.ok(&["exec", name_b, "--", "wget", "-q", "-O-", url], None);
+    let got = fetch(&format!("http://{ip_a}:8080/hostname"))?;
     ensure!(
         got.trim() == name_a,
         "pod {name_b} reached {got:?} at {ip_a}"
     );
     // Out of the node through its NAT: the host's registry.
-    let got = n.ok(
-        &[
-            "exec",
-            name_b,
-            "--",
-            "wget",
-            "-q",
-            "-O-",
-            &format!("http://{host}/v2/"),
-        ],
-        None,
-    )?;
+    let got = fetch(&format!("http://{host}/v2/"))?;
     ensure!(got.trim() == "{}", "the registry from a pod: {got:?}");
     // Its output, through the server from the node's agent.
     let first = pods(&n)?[0]["metadata"]["name"]

@@ -207,6 +207,28 @@ fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// A guest (1 GiB) with this user-data after the SSH key, SSH and the API forwarded, these
+/// extra NICs; the guest, the SSH port, the API port.
+fn guest(
+    arch: ros_image::Arch,
+    key: &ros_tests::SshKey,
+    file: &Path,
+    user_data: &str,
+    nics: Vec<ros_qemu::Nic>,
+) -> Result<(ros_qemu::Guest, u16, u16)> {
+    let (ssh, api) = (ros_tests::free_port()?, ros_tests::free_port()?);
+    std::fs::write(
+        file,
+        format!("ssh_authorized_keys = [\"{}\"]\n{user_data}", key.public),
+    )?;
+    let mut cfg = ros_tests::config(arch)?;
+    cfg.user_data = Some(file.to_path_buf());
+    cfg.forwards = vec![(ssh, 22), (api, 6443)];
+    cfg.memory_mib = 1024;
+    cfg.extra_nics = nics;
+    Ok((ros_qemu::Guest::spawn(&cfg)?, ssh, api))
+}
+
 /// The cluster service's process memory in a guest (VmRSS, VmHWM in KiB).
 fn service_rss(key: &ros_tests::SshKey, ssh: u16) -> Result<(u64, u64)> {
     let mem = key.run(
@@ -229,21 +251,16 @@ pub fn apply(arch: ros_image::Arch, replicas: u32, runs: usize) -> Result<()> {
     registry.push(&image_dir.join("oci"), "busybox", "busybox")?;
     let host = format!("10.0.2.2:{}", registry.port);
     let key = ros_tests::SshKey::new()?;
-    let (ssh, api) = (ros_tests::free_port()?, ros_tests::free_port()?);
     let dir = tempfile::tempdir()?;
-    let ud = dir.path().join("user-data.toml");
-    std::fs::write(
-        &ud,
-        format!(
-            "ssh_authorized_keys = [\"{}\"]\n\n[registries.mirrors.\"{host}\"]\nendpoints = [\"http://{host}\"]\n\n[cluster]\nrole = \"server\"\n",
-            key.public
+    let (_guest, ssh, api) = guest(
+        arch,
+        &key,
+        &dir.path().join("user-data.toml"),
+        &format!(
+            "[registries.mirrors.\"{host}\"]\nendpoints = [\"http://{host}\"]\n\n[cluster]\nrole = \"server\"\n"
         ),
+        vec![],
     )?;
-    let mut cfg = ros_tests::config(arch)?;
-    cfg.user_data = Some(ud);
-    cfg.forwards = vec![(ssh, 22), (api, 6443)];
-    cfg.memory_mib = 1024;
-    let _guest = ros_qemu::Guest::spawn(&cfg)?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let kc = loop {
         if let Ok((0, out)) = key.ros(
@@ -347,31 +364,21 @@ pub fn agent(arch: ros_image::Arch, pods: u32) -> Result<()> {
     let key = ros_tests::SshKey::new()?;
     let segment = format!("230.0.0.1:{}", ros_tests::free_port()?);
     let dir = tempfile::tempdir()?;
-    let spawn = |name: &str,
-                 mac: &str,
-                 ip: &str,
-                 cluster: &str|
-     -> Result<(ros_qemu::Guest, u16, u16)> {
-        let (ssh, api) = (ros_tests::free_port()?, ros_tests::free_port()?);
-        let ud = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &ud,
-            format!(
-                "ssh_authorized_keys = [\"{}\"]\nhostname = \"{name}\"\n\n[network.interfaces.eth0]\ndhcp4 = true\n\n[network.interfaces.lan]\nmac = \"{mac}\"\naddresses = [\"{ip}/24\"]\n\n[registries.mirrors.\"{reg}\"]\nendpoints = [\"http://{reg}\"]\n\n[cluster]\n{cluster}",
-                key.public
+    let spawn = |name: &str, mac: &str, ip: &str, cluster: &str| {
+        let (g, ssh, api) = guest(
+            arch,
+            &key,
+            &dir.path().join(format!("{name}.toml")),
+            &format!(
+                "hostname = \"{name}\"\n\n[network.interfaces.eth0]\ndhcp4 = true\n\n[network.interfaces.lan]\nmac = \"{mac}\"\naddresses = [\"{ip}/24\"]\n\n[registries.mirrors.\"{reg}\"]\nendpoints = [\"http://{reg}\"]\n\n[cluster]\n{cluster}"
             ),
+            vec![ros_qemu::Nic {
+                mac: mac.into(),
+                net: ros_qemu::NicNet::Mcast(segment.clone()),
+            }],
         )?;
-        let mut cfg = ros_tests::config(arch)?;
-        cfg.user_data = Some(ud);
-        cfg.forwards = vec![(ssh, 22), (api, 6443)];
-        cfg.memory_mib = 1024;
-        cfg.extra_nics = vec![ros_qemu::Nic {
-            mac: mac.into(),
-            net: ros_qemu::NicNet::Mcast(segment.clone()),
-        }];
-        let g = ros_qemu::Guest::spawn(&cfg)?;
         g.wait_ready(ros_tests::READY_TIMEOUT)?;
-        Ok((g, ssh, api))
+        Ok::<_, anyhow::Error>((g, ssh, api))
     };
     let (_a, ssh_a, api_a) = spawn(
         "node-a",
