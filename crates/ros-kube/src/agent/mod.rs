@@ -18,6 +18,7 @@ pub mod netns;
 pub mod pod;
 pub mod podnet;
 pub mod probe;
+pub mod rtnl;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};

@@ -5,16 +5,18 @@
 //! pod traffic that leaves the node. Pod traffic between nodes comes with the next piece of work.
 //!
 //! Addresses are handed out host-local's way: a file per address in the agent's `ipam` folder
-//! holding the pod's uid, made with O_EXCL so two pods never get one address. The netlink work
-//! goes through ros-net's wrapper; inside a pod's namespace it runs on a thread of its own
-//! (which joins the namespace) with a runtime of its own, so no runtime thread changes namespace.
+//! holding the pod's uid, made with O_EXCL so two pods never get one address. The netlink
+//! requests are `rtnl`'s, blocking: on the runtime's blocking threads for the node's side, and
+//! inside a pod's namespace on a thread of its own that joins it (no runtime thread ever
+//! changes namespace). The veth's pod end is made in the pod's namespace, named `eth0` there.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnet::{IpNet, Ipv4Net};
-use ros_net::netlink::Net;
+use ipnet::Ipv4Net;
+
+use super::rtnl::{Rtnl, index_of};
 
 pub const BRIDGE: &str = "cni0";
 
@@ -53,10 +55,6 @@ pub fn host_veth(uid: &str) -> String {
     format!("veth{h}")
 }
 
-fn err(what: &str) -> impl Fn(ros_net::netlink::NetError) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
-
 impl PodNet {
     /// The bridge with the range's first address, forwarding on, the NAT rules loaded (with
     /// `nft`), and the address files of an earlier run cleared: that run's pods went with it.
@@ -65,15 +63,14 @@ impl PodNet {
             .hosts()
             .next()
             .ok_or_else(|| format!("the pod range {cidr} has no addresses"))?;
-        let net = Net::connect().map_err(|e| e.to_string())?;
-        let br = net
-            .ensure_bridge(BRIDGE)
-            .await
-            .map_err(err("the pods' bridge"))?;
-        let addr = Ipv4Net::new(gateway, cidr.prefix_len()).map_err(|e| e.to_string())?;
-        net.add_address(br, IpNet::V4(addr))
-            .await
-            .map_err(err("the bridge's address"))?;
+        let prefix = cidr.prefix_len();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut r = Rtnl::open()?;
+            let br = r.ensure_bridge(BRIDGE)?;
+            r.add_address(br, gateway, prefix)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| format!("turning on IPv4 forwarding: {e}"))?;
         let mut child = tokio::process::Command::new(nft)
@@ -160,37 +157,25 @@ impl PodNet {
         }
     }
 
-    /// Connects the namespace at `netns` to the bridge: a veth pair whose inner end becomes the
+    /// Connects the namespace at `netns` to the bridge: a veth pair whose pod end is the
     /// pod's `eth0` with `ip` and a default route through the gateway.
     pub async fn attach(&self, netns: &Path, uid: &str, ip: Ipv4Addr) -> Result<(), String> {
-        let net = Net::connect().map_err(|e| e.to_string())?;
         let host = host_veth(uid);
-        let peer = format!("p{}", &host[4..]);
-        // A pair left by an earlier try goes first.
-        for n in [&host, &peer] {
-            if let Some(i) = net.index_of(n).await.map_err(|e| e.to_string())? {
-                let _ = net.del_link(i).await;
-            }
-        }
-        let br = net
-            .index_of(BRIDGE)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no bridge {BRIDGE}"))?;
-        let (h, p) = net
-            .add_veth(&host, &peer)
-            .await
-            .map_err(err("the pod's veth pair"))?;
-        net.set_controller(h, br)
-            .await
-            .map_err(err("the pod's veth on the bridge"))?;
         let ns = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-        {
+        let ns2 = ns.try_clone().map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
             use std::os::fd::AsFd;
-            net.move_to_netns(p, ns.as_fd())
-                .await
-                .map_err(err("moving the veth into the pod"))?;
-        }
+            let mut r = Rtnl::open()?;
+            // A pair left by an earlier try goes first.
+            if let Some(i) = index_of(&host) {
+                let _ = r.del_link(i);
+            }
+            let br = index_of(BRIDGE).ok_or_else(|| format!("no bridge {BRIDGE}"))?;
+            let h = r.add_veth(&host, "eth0", ns2.as_fd())?;
+            r.set(h, Some(br), None, true)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         let (gw, prefix) = (self.gateway, self.cidr.prefix_len());
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -199,11 +184,12 @@ impl PodNet {
                 let r = (|| -> Result<(), String> {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(|e| format!("joining the pod's network: {e}"))?;
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    rt.block_on(inside(&peer, ip, prefix, gw))
+                    let mut r = Rtnl::open()?;
+                    let i = index_of("eth0")
+                        .ok_or("the veth's end did not arrive in the pod's namespace")?;
+                    r.add_address(i, ip, prefix)?;
+                    r.set(i, None, None, true)?;
+                    r.default_route(gw, i)
                 })();
                 let _ = tx.send(r);
             })
@@ -211,30 +197,6 @@ impl PodNet {
         rx.await
             .map_err(|_| "the pod network's thread ended early".to_string())?
     }
-}
-
-/// In the pod's namespace: `peer` renamed `eth0`, its address, up, the default route.
-async fn inside(peer: &str, ip: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<(), String> {
-    let net = Net::connect().map_err(|e| e.to_string())?;
-    let i = net
-        .index_of(peer)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{peer} did not arrive in the pod's namespace"))?;
-    net.rename(i, "eth0").await.map_err(err("naming eth0"))?;
-    let addr = Ipv4Net::new(ip, prefix).map_err(|e| e.to_string())?;
-    net.add_address(i, IpNet::V4(addr))
-        .await
-        .map_err(err("eth0's address"))?;
-    net.set_up(i).await.map_err(err("eth0 up"))?;
-    net.add_route(&ros_net::types::RouteInfo {
-        to: IpNet::V4(Ipv4Net::default()),
-        via: Some(gw.into()),
-        dev: i,
-        metric: None,
-    })
-    .await
-    .map_err(err("the pod's default route"))
 }
 
 #[cfg(test)]
@@ -258,5 +220,56 @@ mod tests {
         let r = ruleset(cidr);
         assert!(r.contains("ip saddr 10.42.1.0/24 oifname != \"cni0\" masquerade"));
         assert!(r.starts_with("table ip ros-kube\ndelete table ip ros-kube\n"));
+    }
+}
+
+/// As root, in network namespaces of its own (the host's is left alone): the node's side in
+/// one, a pod's in another, joined as the agent joins them.
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_namespace_is_attached_to_the_bridge() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pod_ns = dir.path().join("netns");
+        crate::agent::netns::create(&pod_ns).unwrap_or_else(|e| panic!("{e}"));
+        let p = pod_ns.clone();
+        let node = std::thread::spawn(move || -> Result<String, String> {
+            // This thread's namespace stands for the node's.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            let mut r = Rtnl::open()?;
+            let br = r.ensure_bridge(BRIDGE)?;
+            assert_eq!(r.ensure_bridge(BRIDGE)?, br, "made once");
+            r.add_address(br, Ipv4Addr::new(10, 42, 7, 1), 24)?;
+            let ns = std::fs::File::open(&p).map_err(|e| e.to_string())?;
+            use std::os::fd::AsFd;
+            let h = r.add_veth("vethtest", "eth0", ns.as_fd())?;
+            r.set(h, Some(br), None, true)?;
+            let pod = std::thread::spawn(move || -> Result<String, String> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string())?;
+                let mut r = Rtnl::open()?;
+                let i = index_of("eth0").ok_or("no eth0 in the pod")?;
+                r.add_address(i, Ipv4Addr::new(10, 42, 7, 2), 24)?;
+                r.set(i, None, None, true)?;
+                r.default_route(Ipv4Addr::new(10, 42, 7, 1), i)?;
+                Ok(std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default())
+            })
+            .join()
+            .map_err(|_| "the pod's thread panicked".to_string())??;
+            Ok(pod)
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the node's thread panicked"));
+        let route = node.unwrap_or_else(|e| panic!("{e}"));
+        // The default route (destination 0) through 10.42.7.1, in /proc's little-endian hex.
+        assert!(
+            route
+                .lines()
+                .any(|l| l.starts_with("eth0\t00000000\t01072A0A")),
+            "{route}"
+        );
+        crate::agent::netns::remove(&pod_ns);
     }
 }
