@@ -26,6 +26,18 @@ impl Drop for Node {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+        // The containers a test left running end with it, killed through the runtime (its
+        // state folder has one entry per container).
+        let root = self.dir.path().join("data/agent/runtime");
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = Command::new(runtime())
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", "--all"])
+                .arg(e.file_name())
+                .arg("KILL")
+                .output();
+        }
     }
 }
 
@@ -37,6 +49,10 @@ fn host_arch() -> ros_tests::Arch {
     }
 }
 
+fn runtime() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/ros-runtime")
+}
+
 fn start() -> Node {
     // The busybox image ros builds for its own services, pushed to a registry on the loopback.
     let image_dir = ros_tests::image(host_arch()).unwrap();
@@ -46,7 +62,7 @@ fn start() -> Node {
         .unwrap();
     let host = registry.host();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/ros-runtime");
+    let runtime = runtime();
     assert!(
         runtime.exists(),
         "{} is missing (cargo build -p ros-runtime)",
@@ -345,13 +361,12 @@ spec:
             .unwrap()
             .is_empty()
     });
-    let left =
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/ros-runtime"))
-            .arg("--root")
-            .arg(n.dir.path().join("data/agent/runtime"))
-            .arg("list")
-            .output()
-            .unwrap();
+    let left = Command::new(runtime())
+        .arg("--root")
+        .arg(n.dir.path().join("data/agent/runtime"))
+        .arg("list")
+        .output()
+        .unwrap();
     let listed = String::from_utf8_lossy(&left.stdout);
     assert!(
         listed.lines().skip(1).all(|l| l.trim().is_empty()),
