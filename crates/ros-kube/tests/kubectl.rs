@@ -105,11 +105,19 @@ impl Cluster {
     }
 
     fn start_on(dir: tempfile::TempDir, datastore: Option<String>) -> Cluster {
+        Self::start_full(dir, datastore, ros_kube::controllers::Settings::default())
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        datastore: Option<String>,
+        controllers: ros_kube::controllers::Settings,
+    ) -> Cluster {
         let cfg = ros_kube::server::Config {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),
             sans: vec![],
-            controllers: ros_kube::controllers::Settings::default(),
+            controllers,
             publish: Some(dir.path().join("publish")),
             datastore,
             agent: None,
@@ -676,7 +684,22 @@ fn stand_in_agent(
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::spawn(move || {
+        let mut renewed = Instant::now() - Duration::from_secs(60);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // The node's Lease, renewed every second as an agent renews it.
+            if renewed.elapsed() >= Duration::from_secs(1) {
+                let now = ros_kube::agent::micro_now();
+                let o = kubectl_as(
+                    &k,
+                    &home,
+                    &["apply", "-f", "-"],
+                    Some(&format!(
+                        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {node}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {node}, leaseDurationSeconds: 40, renewTime: '{now}'}}\n"
+                    )),
+                );
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                renewed = Instant::now();
+            }
             let o = kubectl_as(
                 &k,
                 &home,
@@ -1056,4 +1079,60 @@ fn agents_join_with_the_token_and_nothing_else_does() {
     let s = c.json(&["get", "secret", "-n", "kube-system", "n1.node-password.ros"]);
     let stored = s["data"]["hash"].as_str().unwrap();
     assert!(!stored.contains(&pw_a), "the password itself is not kept");
+}
+
+/// A node whose Lease lapses (its agent gone) turns NotReady after the lease timeout, gets the
+/// unreachable taint, and after the eviction grace its pods are deleted and replaced on the
+/// node still alive (short settings here: 3 s and 3 s; 40 s and 5 min by default).
+#[test]
+fn a_lost_nodes_pods_are_replaced_on_a_live_one() {
+    let c = Cluster::start_full(
+        tempfile::tempdir().unwrap(),
+        None,
+        ros_kube::controllers::Settings {
+            node_lease_timeout: Duration::from_secs(3),
+            pod_eviction_grace: Duration::from_secs(3),
+            ..Default::default()
+        },
+    );
+    let stop1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a1 = stand_in_agent(&c, "n1", stop1.clone());
+    let a2 = stand_in_agent(&c, "n2", stop2.clone());
+    assert!(c.apply(&deployment(2, "busybox:1", "")).status.success());
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let on = |c: &Cluster| -> Vec<String> {
+        c.json(&["get", "pods", "-l", "app=web"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let mut nodes = on(&c);
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2"], "spread over both nodes");
+    // n2's agent stops.
+    stop2.store(true, std::sync::atomic::Ordering::Relaxed);
+    a2.join().unwrap();
+    wait_for("n2 NotReady", 30, || {
+        c.ok(&["get", "node", "n2"]).contains("NotReady")
+    });
+    let taints = c.json(&["get", "node", "n2"])["spec"]["taints"].to_string();
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    assert!(c.ok(&["get", "node", "n1"]).contains(" Ready "));
+    wait_for("both pods on n1", 60, || {
+        let n = on(&c);
+        n.len() == 2 && n.iter().all(|x| x == "n1")
+    });
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let events = c.ok(&["get", "events", "-A"]);
+    assert!(events.contains("NodeNotReady"), "{events}");
+    assert!(events.contains("NodeLost"), "{events}");
+    stop1.store(true, std::sync::atomic::Ordering::Relaxed);
+    a1.join().unwrap();
 }

@@ -163,7 +163,8 @@ async fn register(node: &Node, kubelet_port: u16) -> Result<(), String> {
     Ok(())
 }
 
-fn micro_now() -> String {
+/// Now, as a MicroTime (a Lease's renewTime).
+pub fn micro_now() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
