@@ -5,6 +5,7 @@
 pub mod chrony;
 pub mod flood;
 pub mod registry;
+pub mod tmux;
 pub mod worst;
 
 use std::path::PathBuf;

@@ -324,6 +324,16 @@ fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
     wait("the pod's log", 30, || {
         Ok(n.ok(&["logs", &first], None)? == "up\n")
     })?;
+    // `exec -it` typed through a terminal.
+    ros_tests::tmux::exec_it_session(
+        KUBECTL,
+        &format!(
+            "HOME={} KUBECONFIG={}",
+            n._dir.path().display(),
+            n.kubeconfig.display()
+        ),
+        &first,
+    )?;
     // The cluster service restarted (as after a crash): its pods run again, started anew.
     let started = |p: &Value| {
         p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]

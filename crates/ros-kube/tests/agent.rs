@@ -508,69 +508,19 @@ fn exec_it_gives_a_terminal_typed_through_tmux() {
         ],
         None,
     );
-    let session = format!("ros-kube-exec-{}", std::process::id());
-    let script = n.dir.path().join("exec.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "export HOME={home}\n{kubectl} --kubeconfig {kc} exec -it shell -- /bin/sh\necho \"EXIT=$?\"\nsleep 60\n",
-            home = n.dir.path().display(),
-            kubectl = Path::new(common::SDK_BIN).join("kubectl.1.32").display(),
-            kc = n.kubeconfig.display()
+    ros_tests::tmux::exec_it_session(
+        &Path::new(common::SDK_BIN)
+            .join("kubectl.1.32")
+            .display()
+            .to_string(),
+        &format!(
+            "HOME={} KUBECONFIG={}",
+            n.dir.path().display(),
+            n.kubeconfig.display()
         ),
+        "shell",
     )
     .unwrap();
-    let tmux = |args: &[&str]| {
-        let o = Command::new("tmux").args(args).output().unwrap();
-        assert!(o.status.success(), "tmux {args:?}: {o:?}");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &format!("sh {}", script.display()),
-    ]);
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
-    }
-    let _kill = Kill(session.clone());
-    let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
-    let wait_screen = |what: &str, f: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = screen();
-            if f(&s) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no {what} on the screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    // (capture-pane drops the prompt's trailing space)
-    wait_screen("prompt", &|s| s.contains("/ #"));
-    tmux(&[
-        "send-keys",
-        "-t",
-        &session,
-        "echo answer=$((6*7)); tty; stty size",
-        "Enter",
-    ]);
-    wait_screen("answers", &|s| {
-        s.contains("answer=42") && s.contains("/dev/pts/") && s.contains("30 100")
-    });
-    tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
-    wait_screen("exit code 5 from kubectl", &|s| s.contains("EXIT=5"));
 }
 
 /// A container's log is rotated on the state disk at the agent's size (64 KiB here) and count
