@@ -25,22 +25,24 @@ struct Node {
 }
 
 fn boot(arch: Arch, disk: Option<&Path>, dir: tempfile::TempDir, key: Arc<SshKey>) -> Result<Node> {
-    boot_with(arch, disk, dir, key, "")
+    boot_with(arch, disk, dir, key, "", "")
 }
 
+/// A server guest: `more` user-data before its `[cluster]` table, `cluster` keys in it.
 fn boot_with(
     arch: Arch,
     disk: Option<&Path>,
     dir: tempfile::TempDir,
     key: Arc<SshKey>,
     more: &str,
+    cluster: &str,
 ) -> Result<Node> {
     let (guest, ssh, api) = spawn(
         arch,
         disk,
         dir.path(),
         &key,
-        &format!("{more}\n[cluster]\nrole = \"server\"\n"),
+        &format!("{more}\n[cluster]\nrole = \"server\"\n{cluster}"),
         vec![],
     )?;
     guest.wait_ready(READY_TIMEOUT)?;
@@ -233,6 +235,7 @@ fn agent_in_a_guest_runs_workloads_from_the_host_registry() -> Result<()> {
         tempfile::tempdir()?,
         Arc::new(SshKey::new()?),
         &more,
+        "",
     )?;
     wait("the node Ready", 120, || {
         Ok(n.kubectl(&["get", "nodes"], None)?.1.contains(" Ready "))
@@ -548,6 +551,7 @@ fn server_smoke_on_aarch64() -> Result<()> {
         tempfile::tempdir()?,
         Arc::new(SshKey::new()?),
         &format!("\n[registries.mirrors.\"{reg}\"]\nendpoints = [\"http://{reg}\"]\n"),
+        "cluster_cidr = \"10.60.0.0/16\"\n",
     )?;
     n.ok(
         &["apply", "-f", "-"],
@@ -563,7 +567,7 @@ fn server_smoke_on_aarch64() -> Result<()> {
         &["get", "pod", "arm", "-o", "jsonpath={.status.podIP}"],
         None,
     )?;
-    ensure!(ip.starts_with("10.42.0."), "podIP {ip}");
+    ensure!(ip.starts_with("10.60.0."), "podIP {ip}, from cluster_cidr");
     wait("the pod's log", 30, || {
         Ok(n.ok(&["logs", "arm"], None)? == "aarch64\n")
     })?;

@@ -109,6 +109,26 @@ crate::table! {
                 }
             }
         },
+        /// The pods' addresses (a server's): each node is given a /24 of it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster_cidr: Option<ipnet::Ipv4Net> = "cluster_cidr" => |w, p, n| {
+            let v = w.string(p, n)?;
+            match v.parse::<ipnet::Ipv4Net>() {
+                Ok(net) if net.prefix_len() <= 28 && net.network() == net.addr() => Some(net),
+                Ok(net) if net.network() != net.addr() => {
+                    w.err(n.pos, p, format!("`{v}` is not a network address: did you mean {}?", net.trunc()));
+                    None
+                }
+                Ok(_) => {
+                    w.err(n.pos, p, format!("`{v}` is too small for pods: a /28 at most"));
+                    None
+                }
+                Err(_) => {
+                    w.err(n.pos, p, format!("expected an IPv4 network such as 10.42.0.0/16, found `{v}`"));
+                    None
+                }
+            }
+        },
         /// A server runs an agent for its own node (pods scheduled to it run there) unless
         /// this is false.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -142,6 +142,9 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
             if let Some(d) = &c.datastore {
                 cmd.extend(["--datastore".to_string(), d.clone()]);
             }
+            if let Some(n) = &c.cluster_cidr {
+                cmd.extend(["--cluster-cidr".to_string(), n.to_string()]);
+            }
             if runs_agent {
                 cmd.push("--agent".to_string());
             }
@@ -184,6 +187,7 @@ fn cluster(c: &crate::schema::Cluster, errors: &mut Vec<ConfigError>) -> Service
                     ("cluster.api_port", c.api_port.is_some()),
                     ("cluster.datastore", c.datastore.is_some()),
                     ("cluster.agent", c.agent.is_some()),
+                    ("cluster.cluster_cidr", c.cluster_cidr.is_some()),
                 ],
                 "is for a server (cluster.role = \"server\"); an agent serves no API",
             );
@@ -414,6 +418,29 @@ mod tests {
             "{errors:?}"
         );
         // A server without its own agent.
+        let (s, errors) = run("[cluster]\nrole = \"server\"\ncluster_cidr = \"10.50.0.0/16\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let cmd = s.defs["cluster"].command.clone().unwrap_or_default();
+        assert!(
+            cmd.windows(2)
+                .any(|w| w[0] == "--cluster-cidr" && w[1] == "10.50.0.0/16"),
+            "{cmd:?}"
+        );
+        for (bad, why) in [
+            ("10.50.0.1/16", "did you mean 10.50.0.0/16?"),
+            ("10.50.0.0/30", "a /28 at most"),
+            ("fd00::/64", "an IPv4 network"),
+        ] {
+            let (_, errors) = run(&format!(
+                "[cluster]\nrole = \"server\"\ncluster_cidr = \"{bad}\"\n"
+            ));
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(
+                (errors[0].key.as_str(), errors[0].line),
+                ("cluster.cluster_cidr", 3)
+            );
+            assert!(errors[0].message.contains(why), "{}", errors[0].message);
+        }
         let (s, errors) = run("[cluster]\nrole = \"server\"\nagent = false\n");
         assert!(errors.is_empty(), "{errors:?}");
         let cmd = s.defs["cluster"].command.clone().unwrap_or_default();

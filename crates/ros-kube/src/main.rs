@@ -139,6 +139,9 @@ enum Cmd {
         /// Run an agent for this node in the same process (pods scheduled here run here).
         #[arg(long)]
         agent: bool,
+        /// The pods' addresses: each node is given a /24 of it.
+        #[arg(long, default_value = "10.42.0.0/16")]
+        cluster_cidr: ipnet::Ipv4Net,
         #[command(flatten)]
         agent_args: AgentArgs,
     },
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             publish,
             datastore,
             agent,
+            cluster_cidr,
             agent_args,
         } => {
             let agent = if agent {
@@ -213,7 +217,10 @@ fn main() -> ExitCode {
                     data_dir,
                     listen,
                     sans,
-                    controllers: ros_kube::controllers::Settings::default(),
+                    controllers: ros_kube::controllers::Settings {
+                        cluster_cidr,
+                        ..Default::default()
+                    },
                     publish,
                     datastore,
                     agent,
