@@ -611,3 +611,77 @@ fn logs_rotate_and_are_followed_across_rotations() {
     );
     n.ok(&["delete", "pod", "logger", "--wait=true"], None);
 }
+
+/// securityContext as the container sees it: its user and groups (fsGroup among them, and
+/// owning its emptyDir), the capability bounding set it was left, no new privileges, ros's
+/// default seccomp filter for RuntimeDefault; runAsNonRoot with a root user refused, saying why.
+#[test]
+fn security_contexts_reach_the_container() {
+    let n = start();
+    let pods = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: secured}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000, runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}
+  containers:
+  - name: c
+    image: {image}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: ["ALL"], add: ["NET_BIND_SERVICE"]}}}}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: rooted}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsNonRoot: true}}
+  containers:
+  - name: c
+    image: {image}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+"#,
+        image = n.image
+    );
+    n.ok(&["apply", "-f", "-"], Some(&pods));
+    n.ok(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/secured",
+            "--timeout=90s",
+        ],
+        None,
+    );
+    let sh = |cmd: &str| n.ok(&["exec", "secured", "--", "/bin/sh", "-c", cmd], None);
+    assert_eq!(sh("id -u").trim(), "1000");
+    let groups = sh("id -G");
+    assert!(groups.split_whitespace().any(|g| g == "2000"), "{groups}");
+    assert_eq!(
+        sh("echo x > /scratch/f && stat -c %g /scratch/f").trim(),
+        "2000",
+        "the emptyDir is fsGroup's, setgid"
+    );
+    let status = sh("grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("CapBnd:\t0000000000000400"), "{status}");
+    wait_for("rooted refused", 60, || {
+        n.kubectl(
+            &[
+                "get",
+                "pod",
+                "rooted",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+            ],
+            None,
+        )
+        .1
+        .contains("runAsNonRoot is set and the container would run as root")
+    });
+    n.ok(&["delete", "pod", "secured", "rooted", "--wait=true"], None);
+}

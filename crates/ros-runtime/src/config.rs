@@ -14,6 +14,10 @@ use crate::seccomp::{Profile, SeccompConfig};
 pub const OVERLAY_ANNOTATION: &str = "org.ros.rootfs.overlay";
 /// The bundle annotation that asks for the minimal init as PID 1 (`"true"`).
 pub const INIT_ANNOTATION: &str = "org.ros.init";
+/// The bundle annotation that asks for ros's default seccomp profile (`"true"`), the one its
+/// services get (Docker's refusals, by the container's capabilities), when the bundle has no
+/// `linux.seccomp` of its own: what Kubernetes calls `RuntimeDefault`.
+pub const SECCOMP_DEFAULT_ANNOTATION: &str = "org.ros.seccomp.default";
 
 /// How a container gets a namespace of one kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -806,8 +810,19 @@ impl Config {
             rules.extend(default_device_rules(&devices));
             rules
         };
+        let default_seccomp = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SECCOMP_DEFAULT_ANNOTATION))
+            .is_some_and(|v| v == "true");
         let seccomp = match linux.seccomp() {
+            Some(_) if default_seccomp => {
+                return Err(Error::Config(format!(
+                    "{SECCOMP_DEFAULT_ANNOTATION} and linux.seccomp both ask for a seccomp profile"
+                )));
+            }
             Some(s) => SeccompConfig::Profile(Profile::from_oci(s)?),
+            None if default_seccomp => SeccompConfig::Default,
             None => SeccompConfig::None,
         };
 
@@ -1171,6 +1186,24 @@ mod tests {
         assert_eq!(c.resources.cpu_weight, Some(39));
         assert!(matches!(c.seccomp, SeccompConfig::Profile(_)));
         assert_eq!(c.devices.len(), 6);
+    }
+
+    #[test]
+    fn the_default_seccomp_profile_is_asked_for_by_annotation() {
+        let mut s = spec();
+        let ann = |s: &mut oci_spec::runtime::Spec| {
+            let mut a = s.annotations().clone().unwrap_or_default();
+            a.insert(SECCOMP_DEFAULT_ANNOTATION.into(), "true".into());
+            s.set_annotations(Some(a));
+        };
+        ann(&mut s);
+        let e = Config::from_spec("c1", Path::new("/b"), &s).expect_err("both");
+        assert!(e.to_string().contains("both ask"), "{e}");
+        let mut linux = s.linux().clone().expect("linux");
+        linux.set_seccomp(None);
+        s.set_linux(Some(linux));
+        let c = Config::from_spec("c1", Path::new("/b"), &s).expect("config");
+        assert_eq!(c.seccomp, SeccompConfig::Default);
     }
 
     #[test]

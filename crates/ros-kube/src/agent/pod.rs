@@ -273,7 +273,36 @@ async fn volumes(
         }
         out.insert(name, path);
     }
+    // fsGroup: the volumes belong to that group and it may write them (setgid folders keep
+    // new files in it), as the kubelet makes them.
+    if let Some(gid) = pod
+        .pointer("/spec/securityContext/fsGroup")
+        .and_then(Value::as_u64)
+    {
+        let gid = u32::try_from(gid).map_err(|_| format!("fsGroup {gid} is out of range"))?;
+        for p in out.values() {
+            fs_group(p, gid).map_err(|e| format!("fsGroup {gid} on {}: {e}", p.display()))?;
+        }
+    }
     Ok(out)
+}
+
+/// `path` and what is below it given to group `gid`, group-writable, folders setgid.
+fn fs_group(path: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mode = meta.permissions().mode() | 0o2070;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        for e in std::fs::read_dir(path)? {
+            fs_group(&e?.path(), gid)?;
+        }
+    } else if meta.is_file() {
+        let mode = meta.permissions().mode() | 0o060;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// configMapKeyRef and secretKeyRef values of a container's env.

@@ -299,6 +299,10 @@ pub fn bundle(
     if c.pointer("/securityContext/privileged") == Some(&json!(true)) {
         return Err("privileged containers are not supported by this agent yet".into());
     }
+    security(&mut s, pod, c, uid)?;
+    if let Some(groups) = supplemental_groups(pod)? {
+        s["process"]["user"]["additionalGids"] = json!(groups);
+    }
     let mut nss = vec![];
     for t in ["pid", "ipc", "uts", "mount", "cgroup"] {
         nss.push(json!({"type": t}));
@@ -329,6 +333,217 @@ pub fn bundle(
     ann.insert(ros_init_annotation().into(), json!("true"));
     s["annotations"] = Value::Object(ann);
     Ok(s)
+}
+
+/// The Linux capabilities by name, as Kubernetes writes them (without `CAP_`).
+const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability of a securityContext as the OCI spec names it (`CAP_NET_ADMIN`).
+fn capability(name: &str) -> Result<String, String> {
+    let bare = name.trim_start_matches("CAP_").to_ascii_uppercase();
+    if CAPABILITIES.contains(&bare.as_str()) {
+        Ok(format!("CAP_{bare}"))
+    } else {
+        Err(format!(
+            "securityContext.capabilities: no capability {name:?}"
+        ))
+    }
+}
+
+/// The container's securityContext (over the pod's where both may say) applied to the spec:
+/// capabilities added and dropped (from the runtime's default set, runc's three), privilege
+/// escalation, runAsNonRoot, the seccomp profile. A setting this agent cannot apply is an
+/// error, never dropped.
+fn security(s: &mut Value, pod: &Value, c: &Value, uid: u64) -> Result<(), String> {
+    let own = |k: &str| {
+        c.pointer(&format!("/securityContext/{k}"))
+            .filter(|v| !v.is_null())
+    };
+    let either = |k: &str| {
+        own(k).or_else(|| {
+            pod.pointer(&format!("/spec/securityContext/{k}"))
+                .filter(|v| !v.is_null())
+        })
+    };
+    if let Some(caps) = own("capabilities") {
+        let list = |k: &str| -> Vec<String> {
+            caps.get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        let (add, drop) = (list("add"), list("drop"));
+        // A dropped capability leaves every set; an added one joins the three a process holds
+        // it by (the runtime's ambient and inheritable sets stay within them).
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
+            let mut have: Vec<String> = s["process"]["capabilities"][set]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if drop.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+                have.clear();
+            } else {
+                for d in &drop {
+                    let d = capability(d)?;
+                    have.retain(|h| *h != d);
+                }
+            }
+            for a in add
+                .iter()
+                .filter(|_| !matches!(set, "inheritable" | "ambient"))
+            {
+                if a.eq_ignore_ascii_case("ALL") {
+                    have = CAPABILITIES.iter().map(|c| format!("CAP_{c}")).collect();
+                    continue;
+                }
+                let a = capability(a)?;
+                if !have.contains(&a) {
+                    have.push(a);
+                }
+            }
+            s["process"]["capabilities"][set] = json!(have);
+        }
+    }
+    match own("allowPrivilegeEscalation").map(Value::as_bool) {
+        None => {}
+        Some(Some(allow)) => s["process"]["noNewPrivileges"] = json!(!allow),
+        Some(None) => return Err("securityContext.allowPrivilegeEscalation: a boolean".into()),
+    }
+    if either("runAsNonRoot") == Some(&json!(true)) && uid == 0 {
+        return Err(
+            "runAsNonRoot is set and the container would run as root (uid 0): give it runAsUser, or an image whose user is a non-zero number"
+                .into(),
+        );
+    }
+    match either("seccompProfile")
+        .and_then(|p| p.get("type"))
+        .and_then(Value::as_str)
+    {
+        None | Some("Unconfined") => {}
+        Some("RuntimeDefault") => {
+            let mut ann = s
+                .get("annotations")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            ann.insert(seccomp_default_annotation().into(), json!("true"));
+            s["annotations"] = Value::Object(ann);
+        }
+        Some(other) => {
+            return Err(format!(
+                "securityContext.seccompProfile: type {other} is not supported by this agent (RuntimeDefault and Unconfined are)"
+            ));
+        }
+    }
+    for k in [
+        "seLinuxOptions",
+        "appArmorProfile",
+        "procMount",
+        "windowsOptions",
+    ] {
+        if let Some(v) = own(k)
+            && !(k == "procMount" && v == "Default")
+        {
+            return Err(format!(
+                "securityContext.{k} is not supported by this agent"
+            ));
+        }
+    }
+    for k in [
+        "sysctls",
+        "seLinuxOptions",
+        "appArmorProfile",
+        "fsGroupChangePolicy",
+    ] {
+        if pod
+            .pointer(&format!("/spec/securityContext/{k}"))
+            .is_some_and(|v| !v.is_null() && v != &json!([]))
+        {
+            return Err(format!(
+                "the pod's securityContext.{k} is not supported by this agent"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pod's supplementalGroups and fsGroup, as the process's extra groups.
+fn supplemental_groups(pod: &Value) -> Result<Option<Vec<u64>>, String> {
+    let mut out = vec![];
+    for v in pod
+        .pointer("/spec/securityContext/supplementalGroups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push(
+            v.as_u64()
+                .ok_or("securityContext.supplementalGroups: numbers")?,
+        );
+    }
+    if let Some(g) = pod
+        .pointer("/spec/securityContext/fsGroup")
+        .filter(|v| !v.is_null())
+    {
+        out.push(g.as_u64().ok_or("securityContext.fsGroup: a number")?);
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn seccomp_default_annotation() -> &'static str {
+    "org.ros.seccomp.default"
 }
 
 fn ros_init_annotation() -> &'static str {
@@ -374,5 +589,69 @@ mod tests {
         assert_eq!(r["memory"]["limit"], 64 << 20);
         assert_eq!(r["cpu"], json!({"quota": 25000, "period": 100000}));
         Ok(())
+    }
+
+    #[test]
+    fn security_contexts_are_applied_or_refused() {
+        let template = json!({"process": {"noNewPrivileges": true, "capabilities": {
+            "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]}}});
+        let pod = json!({"spec": {"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}}});
+        let c = json!({"securityContext": {"allowPrivilegeEscalation": true,
+            "capabilities": {"drop": ["KILL"], "add": ["NET_ADMIN", "CAP_SYS_TIME"]}}});
+        let mut s = template.clone();
+        security(&mut s, &pod, &c, 1000).expect("applied");
+        assert_eq!(
+            s["process"]["capabilities"]["effective"],
+            json!([
+                "CAP_AUDIT_WRITE",
+                "CAP_NET_BIND_SERVICE",
+                "CAP_NET_ADMIN",
+                "CAP_SYS_TIME"
+            ])
+        );
+        assert_eq!(s["process"]["noNewPrivileges"], false);
+        assert_eq!(s["annotations"]["org.ros.seccomp.default"], "true");
+        let mut s = template.clone();
+        let all = json!({"securityContext": {"capabilities": {"drop": ["ALL"]}}});
+        security(&mut s, &json!({}), &all, 0).expect("applied");
+        assert_eq!(s["process"]["capabilities"]["bounding"], json!([]));
+        for (pod, c, uid, why) in [
+            (pod.clone(), json!({}), 0, "runAsNonRoot"),
+            (
+                json!({}),
+                json!({"securityContext": {"capabilities": {"add": ["FLY"]}}}),
+                0,
+                "no capability",
+            ),
+            (
+                json!({}),
+                json!({"securityContext": {"seccompProfile": {"type": "Localhost"}}}),
+                0,
+                "Localhost is not supported",
+            ),
+            (
+                json!({}),
+                json!({"securityContext": {"seLinuxOptions": {"level": "s0"}}}),
+                0,
+                "seLinuxOptions",
+            ),
+            (
+                json!({"spec": {"securityContext": {"sysctls": [{"name": "net.x", "value": "1"}]}}}),
+                json!({}),
+                0,
+                "sysctls",
+            ),
+        ] {
+            let e = security(&mut template.clone(), &pod, &c, uid).expect_err(why);
+            assert!(e.contains(why), "{e}");
+        }
+        assert_eq!(
+            supplemental_groups(
+                &json!({"spec": {"securityContext": {"supplementalGroups": [5], "fsGroup": 2000}}})
+            ),
+            Ok(Some(vec![5, 2000]))
+        );
     }
 }
