@@ -1,7 +1,8 @@
 //! The cluster's server as a system service in a QEMU guest (`[cluster] role = "server"`),
-//! driven from the host through the forwarded API port by kubectl 1.32 and the Python client:
-//! the kubeconfig and token from `ros cluster`, an apply with validation on, an unknown field
-//! refused, every acknowledged write kept when the server's container is killed mid-writes
+//! driven from the host through the forwarded API port by kubectl (1.32; 1.27 to 1.33 for get,
+//! apply, delete) and the Python client (300 configmaps under a watch): the kubeconfig and
+//! token from `ros cluster`, an apply with validation on, an unknown field refused, every
+//! acknowledged write kept when the server's container is killed mid-writes
 //! and when the machine is powered off hard mid-writes (x86_64); a smoke run on aarch64.
 
 use std::path::{Path, PathBuf};
@@ -458,6 +459,61 @@ fn server_in_a_guest_keeps_acknowledged_writes_when_its_container_is_killed() ->
         "the controllers made no replicaset: {rs}"
     );
 
+    // The official Python client: 300 configmaps while a watch from the list's
+    // resourceVersion sees every event in order, a stale write refused with 409, all deleted.
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/ros-kube/tests/python/configmaps.py");
+    let o = Command::new(python()?)
+        .arg(script)
+        .arg(&n.kubeconfig)
+        .arg("py")
+        .output()?;
+    ensure!(
+        o.status.success(),
+        "configmaps.py against the guest: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "python client: {}",
+        String::from_utf8_lossy(&o.stdout).trim()
+    );
+    // kubectl 1.27 to 1.33: each gets, applies and deletes.
+    for minor in 27..=33 {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}");
+        let name = format!("skew-{minor}");
+        let run = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+            use std::io::Write;
+            let mut c = Command::new(&bin)
+                .args(args)
+                .env("KUBECONFIG", &n.kubeconfig)
+                .env("HOME", n._dir.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| bin.clone())?;
+            if let (Some(s), Some(mut i)) = (stdin, c.stdin.take()) {
+                i.write_all(s.as_bytes())?;
+            }
+            let o = c.wait_with_output()?;
+            ensure!(
+                o.status.success(),
+                "kubectl 1.{minor} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        run(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{k: v}}\n"
+            )),
+        )?;
+        ensure!(run(&["get", "configmap", &name], None)?.contains(&name));
+        run(&["delete", "configmap", &name], None)?;
+    }
     // Writes from the Python client while the server's process is killed with SIGKILL.
     n.ok(&["create", "namespace", "w"], None)?;
     let acked_file = n._dir.path().join("acked");
