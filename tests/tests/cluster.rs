@@ -114,8 +114,18 @@ fn server_node(
 
 impl Node {
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+        self.kubectl_bin(KUBECTL, args, stdin)
+    }
+
+    /// `kubectl` of another version (its binary).
+    fn kubectl_bin(
+        &self,
+        bin: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<(bool, String, String)> {
         use std::io::Write;
-        let mut child = Command::new(KUBECTL)
+        let mut child = Command::new(bin)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self._dir.path())
@@ -123,7 +133,7 @@ impl Node {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .with_context(|| format!("running {KUBECTL}"))?;
+            .with_context(|| format!("running {bin}"))?;
         if let Some(s) = stdin
             && let Some(mut i) = child.stdin.take()
         {
@@ -483,27 +493,9 @@ fn server_in_a_guest_keeps_acknowledged_writes_when_its_container_is_killed() ->
         let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}");
         let name = format!("skew-{minor}");
         let run = |args: &[&str], stdin: Option<&str>| -> Result<String> {
-            use std::io::Write;
-            let mut c = Command::new(&bin)
-                .args(args)
-                .env("KUBECONFIG", &n.kubeconfig)
-                .env("HOME", n._dir.path())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .with_context(|| bin.clone())?;
-            if let (Some(s), Some(mut i)) = (stdin, c.stdin.take()) {
-                i.write_all(s.as_bytes())?;
-            }
-            let o = c.wait_with_output()?;
-            ensure!(
-                o.status.success(),
-                "kubectl 1.{minor} {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+            let (ok, out, err) = n.kubectl_bin(&bin, args, stdin)?;
+            ensure!(ok, "kubectl 1.{minor} {}: {err}", args.join(" "));
+            Ok(out)
         };
         run(
             &["apply", "-f", "-"],

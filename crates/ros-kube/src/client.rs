@@ -151,11 +151,9 @@ impl Client {
 
     /// A GET whose answer is text (`/cacerts`).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let resp = self
-            .send(hyper::Method::GET, path, "application/json", vec![])
+        let (status, data) = self
+            .fetch(hyper::Method::GET, path, "application/json", vec![])
             .await?;
-        let status = resp.status();
-        let data = resp.into_body().collect().await.map_err(t)?.to_bytes();
         let text = String::from_utf8_lossy(&data).into_owned();
         if !status.is_success() {
             return Err(ClientError::Status {
@@ -210,6 +208,22 @@ impl Client {
         send.send_request(req).await.map_err(t)
     }
 
+    /// A request and its whole answer.
+    async fn fetch(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(hyper::StatusCode, Bytes), ClientError> {
+        let resp = self.send(method, path, content_type, body).await?;
+        let status = resp.status();
+        Ok((
+            status,
+            resp.into_body().collect().await.map_err(t)?.to_bytes(),
+        ))
+    }
+
     /// A request with a JSON answer; a failure status as [`ClientError::Status`].
     pub async fn call(
         &self,
@@ -219,9 +233,7 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let resp = self.send(method, path, content_type, bytes).await?;
-        let status = resp.status();
-        let data = resp.into_body().collect().await.map_err(t)?.to_bytes();
+        let (status, data) = self.fetch(method, path, content_type, bytes).await?;
         let v: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(ClientError::Status {

@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::api::{Api, Body, error_response, full};
+use crate::api::{Api, Body, error_response, json_response};
 use crate::client::{Client, ClientError};
 use crate::objects::{ApiError, FieldValidation};
 use crate::pki::{Pair, Pki, hex};
@@ -152,16 +152,6 @@ pub async fn claim_node(api: &Api, node: &str, password: &str) -> Result<(), Api
     Err(taken())
 }
 
-fn json_reply(code: u16, v: &Value) -> Response<Body> {
-    let mut r = Response::new(full(v.to_string()));
-    *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// The join endpoint: checks the token's credentials and the node's password, and answers
 /// with the node's certificates. Every refusal is logged here and explained to the agent.
 pub async fn serve(
@@ -173,7 +163,7 @@ pub async fn serve(
     match answer(api, auth, req).await {
         Ok((node, v)) => {
             eprintln!("ros-kube: node {node} joined from {}", peer.ip());
-            json_reply(200, &v)
+            json_response(200, &v)
         }
         Err((node, e)) => {
             eprintln!(

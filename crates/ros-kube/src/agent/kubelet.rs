@@ -51,10 +51,7 @@ fn logs(pods: &Path, ns: &str, pod: &str, container: &str) -> Vec<(u32, PathBuf)
             .flatten()
         {
             let name = f.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name
-                .strip_suffix(".log")
-                .and_then(|n| n.parse::<u32>().ok())
-            {
+            if let Some(n) = super::logs::run_of(&name, true) {
                 out.push((n, f.path()));
             }
         }

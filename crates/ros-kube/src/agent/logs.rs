@@ -14,6 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
 pub const DEFAULT_MAX_FILES: u32 = 5;
 
+/// The run a log file of a container is of: `3.log` and its rotated parts `3.log.1`... are run
+/// 3's; `current` only: `3.log` alone.
+pub fn run_of(file_name: &str, current: bool) -> Option<u32> {
+    let (n, rest) = file_name.split_once(".log")?;
+    if current && !rest.is_empty() {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// The path of rotated part `k` (1 the newest) of `log`.
 pub fn part(log: &Path, k: u32) -> PathBuf {
     let mut s = log.as_os_str().to_owned();

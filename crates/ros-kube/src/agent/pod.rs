@@ -644,12 +644,7 @@ fn runs_logged(cdir: &Path) -> u32 {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_suffix(".log")
-                .and_then(|n| n.parse::<u32>().ok())
-        })
+        .filter_map(|e| super::logs::run_of(&e.file_name().to_string_lossy(), true))
         .max()
         .map_or(0, |n| n + 1)
 }
@@ -658,11 +653,9 @@ fn runs_logged(cdir: &Path) -> u32 {
 /// kubelet does; older runs' logs, rotated parts included, are removed.
 fn prune_logs(cdir: &Path, restart: u32) {
     for e in std::fs::read_dir(cdir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some((n, _)) = name.split_once(".log") else {
-            continue;
-        };
-        if n.parse::<u32>().is_ok_and(|n| n + 1 < restart) {
+        if super::logs::run_of(&e.file_name().to_string_lossy(), false)
+            .is_some_and(|n| n + 1 < restart)
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
